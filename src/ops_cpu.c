@@ -1,0 +1,297 @@
+/* ops_cpu.c - the CPU backend (fp32 reference). See ops.h.
+ *
+ * Every loop runs in a fixed order and OpenBLAS runs single-threaded by
+ * default, so results are bit-reproducible for a given binary. */
+#include "ops.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+
+#define LN_EPS 1e-5f
+
+void embedding_forward(float *out, const int32_t *tokens, const float *wte,
+                       const float *wpe, int B, int T, int C) {
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            float *o = out + ((size_t)b * T + t) * C;
+            const float *te = wte + (size_t)tokens[b * T + t] * C;
+            const float *pe = wpe + (size_t)t * C;
+            for (int c = 0; c < C; c++) o[c] = te[c] + pe[c];
+        }
+}
+
+void embedding_backward(float *dwte, float *dwpe, const float *dout,
+                        const int32_t *tokens, int B, int T, int C) {
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            const float *d = dout + ((size_t)b * T + t) * C;
+            float *dte = dwte + (size_t)tokens[b * T + t] * C;
+            float *dpe = dwpe + (size_t)t * C;
+            for (int c = 0; c < C; c++) {
+                dte[c] += d[c];
+                dpe[c] += d[c];
+            }
+        }
+}
+
+void layernorm_forward(float *y, float *mean, float *rstd, const float *x,
+                       const float *w, const float *b, int N, int C) {
+    for (int i = 0; i < N; i++) {
+        const float *xi = x + (size_t)i * C;
+        float *yi = y + (size_t)i * C;
+        float m = 0.0f;
+        for (int c = 0; c < C; c++) m += xi[c];
+        m /= (float)C;
+        float v = 0.0f;
+        for (int c = 0; c < C; c++) {
+            float d = xi[c] - m;
+            v += d * d;
+        }
+        v /= (float)C;
+        float s = 1.0f / sqrtf(v + LN_EPS);
+        for (int c = 0; c < C; c++) yi[c] = (xi[c] - m) * s * w[c] + b[c];
+        mean[i] = m;
+        rstd[i] = s;
+    }
+}
+
+void layernorm_backward(float *dx, float *dw, float *db, const float *dy,
+                        const float *x, const float *w, const float *mean,
+                        const float *rstd, int N, int C) {
+    for (int i = 0; i < N; i++) {
+        const float *dyi = dy + (size_t)i * C;
+        const float *xi = x + (size_t)i * C;
+        float *dxi = dx + (size_t)i * C;
+        float m = mean[i], s = rstd[i];
+        /* Two reductions over the row: mean of g and mean of g * xhat,
+         * where g = dy * w is the gradient w.r.t. the normalised value. */
+        float gsum = 0.0f, gxsum = 0.0f;
+        for (int c = 0; c < C; c++) {
+            float xhat = (xi[c] - m) * s;
+            float g = dyi[c] * w[c];
+            gsum += g;
+            gxsum += g * xhat;
+            dw[c] += dyi[c] * xhat;
+            db[c] += dyi[c];
+        }
+        gsum /= (float)C;
+        gxsum /= (float)C;
+        for (int c = 0; c < C; c++) {
+            float xhat = (xi[c] - m) * s;
+            float g = dyi[c] * w[c];
+            dxi[c] += s * (g - gsum - xhat * gxsum);
+        }
+    }
+}
+
+void matmul_forward(float *y, const float *x, const float *W,
+                    const float *bias, int N, int IC, int OC) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, OC, IC, 1.0f, x,
+                IC, W, OC, 0.0f, y, OC);
+    if (!bias) return;
+    for (int i = 0; i < N; i++) {
+        float *yi = y + (size_t)i * OC;
+        for (int o = 0; o < OC; o++) yi[o] += bias[o];
+    }
+}
+
+void matmul_backward(float *dx, float *dW, float *dbias, const float *dy,
+                     const float *x, const float *W, int N, int IC, int OC) {
+    if (dx)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, IC, OC, 1.0f,
+                    dy, OC, W, OC, 1.0f, dx, IC);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, IC, OC, N, 1.0f, x,
+                IC, dy, OC, 1.0f, dW, OC);
+    if (!dbias) return;
+    for (int i = 0; i < N; i++) {
+        const float *dyi = dy + (size_t)i * OC;
+        for (int o = 0; o < OC; o++) dbias[o] += dyi[o];
+    }
+}
+
+/* Row i of a causal score matrix: softmax over j <= i, zero above. */
+static void causal_softmax_row(float *row, int i, int T) {
+    float mx = row[0];
+    for (int j = 1; j <= i; j++) mx = row[j] > mx ? row[j] : mx;
+    float sum = 0.0f;
+    for (int j = 0; j <= i; j++) {
+        row[j] = expf(row[j] - mx);
+        sum += row[j];
+    }
+    float inv = 1.0f / sum;
+    for (int j = 0; j <= i; j++) row[j] *= inv;
+    for (int j = i + 1; j < T; j++) row[j] = 0.0f;
+}
+
+/* Per (sequence, head), the products are plain matrix products on strided
+ * views of qkv: S = scale Q K^T, P = softmax(S), O = P V. The upper
+ * triangle of P is exactly zero, so the full product P V is causal. */
+void attention_forward(float *out, float *att, const float *qkv, int B, int T,
+                       int C, int NH) {
+    int hs = C / NH;
+    float scale = 1.0f / sqrtf((float)hs);
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++) {
+            const float *q = qkv + (size_t)b * T * 3 * C + h * hs;
+            const float *k = q + C;
+            const float *v = q + 2 * C;
+            float *p = att + ((size_t)b * NH + h) * T * T;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hs,
+                        scale, q, 3 * C, k, 3 * C, 0.0f, p, T);
+            for (int i = 0; i < T; i++) causal_softmax_row(p + (size_t)i * T, i, T);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hs, T,
+                        1.0f, p, T, v, 3 * C, 0.0f,
+                        out + (size_t)b * T * C + h * hs, C);
+        }
+}
+
+void attention_backward(float *dqkv, float *scratch, const float *dout,
+                        const float *qkv, const float *att, int B, int T,
+                        int C, int NH) {
+    int hs = C / NH;
+    float scale = 1.0f / sqrtf((float)hs);
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++) {
+            size_t base = (size_t)b * T * 3 * C + h * hs;
+            const float *q = qkv + base, *k = q + C, *v = q + 2 * C;
+            float *dq = dqkv + base, *dk = dq + C, *dv = dq + 2 * C;
+            const float *p = att + ((size_t)b * NH + h) * T * T;
+            const float *dO = dout + (size_t)b * T * C + h * hs;
+            float *ds = scratch;
+            /* dP = dO V^T ; dV += P^T dO */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hs,
+                        1.0f, dO, C, v, 3 * C, 0.0f, ds, T);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hs, T,
+                        1.0f, p, T, dO, C, 1.0f, dv, 3 * C);
+            /* softmax backward, row by row: dS = P (dP - <P, dP>) scale */
+            for (int i = 0; i < T; i++) {
+                const float *pi = p + (size_t)i * T;
+                float *di = ds + (size_t)i * T;
+                float dot = 0.0f;
+                for (int j = 0; j <= i; j++) dot += pi[j] * di[j];
+                for (int j = 0; j <= i; j++) di[j] = pi[j] * (di[j] - dot) * scale;
+                for (int j = i + 1; j < T; j++) di[j] = 0.0f;
+            }
+            /* dQ += dS K ; dK += dS^T Q */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hs, T,
+                        1.0f, ds, T, k, 3 * C, 1.0f, dq, 3 * C);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hs, T,
+                        1.0f, ds, T, q, 3 * C, 1.0f, dk, 3 * C);
+        }
+}
+
+#define GELU_K 0.7978845608028654f /* sqrt(2/pi) */
+
+/* exp(x) for the GELU's tanh, written branch-free so the compiler
+ * vectorises the loops that call it (libm's tanhf is a scalar call and
+ * was a third of a training step). x = n ln2 + r with |r| <= ln2/2, then a
+ * degree-6 polynomial for exp(r), then 2^n through the exponent bits.
+ * Relative error below 2e-7 for |x| <= 80; callers clamp to that. */
+static inline float exp_approx(float x) {
+    const float log2e = 1.44269504088896341f;
+    const float ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
+    /* round to nearest by adding and subtracting 1.5 * 2^23: plain SSE2,
+     * where floorf would be a library call that stops vectorisation */
+    const float shifter = 12582912.0f;
+    float n = (x * log2e + shifter) - shifter;
+    float r = x - n * ln2_hi - n * ln2_lo;
+    float p = 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+/* GELU(u) = 0.5 u (1 + tanh(z)) with z = sqrt(2/pi) (u + 0.044715 u^3).
+ * Since 0.5 (1 + tanh(z)) = sigmoid(2z) = 1 / (1 + exp(-2z)), computing the
+ * sigmoid directly avoids the cancellation of 1 + tanh(z) near -1.
+ * Arguments are clamped where the sigmoid is 0 or 1 in float anyway.
+ * Returns s = sigmoid(2z) and, through e, exp(-2z), so 1 - s = e s
+ * without cancellation. */
+static inline float gelu_sigmoid(float u, float *e) {
+    float z2 = 2.0f * GELU_K * (u + 0.044715f * u * u * u);
+    z2 = z2 > 80.0f ? 80.0f : (z2 < -80.0f ? -80.0f : z2);
+    *e = exp_approx(-z2);
+    return 1.0f / (1.0f + *e);
+}
+
+void gelu_forward(float *restrict y, const float *restrict x, int n) {
+    for (int i = 0; i < n; i++) {
+        float e;
+        y[i] = x[i] * gelu_sigmoid(x[i], &e);
+    }
+}
+
+/* d/du [u s(u)] = s + u s (1 - s) dz2/du, dz2/du = 2K (1 + 3 0.044715 u^2) */
+void gelu_backward(float *restrict dx, const float *restrict x, const float *restrict dy,
+                   int n) {
+    for (int i = 0; i < n; i++) {
+        float u = x[i], e;
+        float s = gelu_sigmoid(u, &e);
+        float d = s + u * s * (e * s) * 2.0f * GELU_K * (1.0f + 3.0f * 0.044715f * u * u);
+        dx[i] += d * dy[i];
+    }
+}
+
+void residual_forward(float *y, const float *a, const float *b, int n) {
+    for (int i = 0; i < n; i++) y[i] = a[i] + b[i];
+}
+
+void residual_backward(float *da, float *db, const float *dy, int n) {
+    for (int i = 0; i < n; i++) {
+        da[i] += dy[i];
+        db[i] += dy[i];
+    }
+}
+
+void logits_forward(float *logits, const float *x, const float *wte, int N,
+                    int C, int V) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, V, C, 1.0f, x, C,
+                wte, C, 0.0f, logits, V);
+}
+
+void logits_backward(float *dx, float *dwte, const float *dlogits,
+                     const float *x, const float *wte, int N, int C, int V) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, V, 1.0f,
+                dlogits, V, wte, C, 1.0f, dx, C);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, V, C, N, 1.0f,
+                dlogits, V, x, C, 1.0f, dwte, C);
+}
+
+void softmax_crossentropy_forward(float *probs, float *losses,
+                                  const int32_t *targets, int N, int V) {
+    for (int i = 0; i < N; i++) {
+        float *row = probs + (size_t)i * V;
+        float mx = row[0];
+        for (int j = 1; j < V; j++) mx = row[j] > mx ? row[j] : mx;
+        /* loss = log(sum exp(z - max)) - (z_target - max): exact even where
+         * the target's probability underflows. */
+        float zt = (losses && targets) ? row[targets[i]] - mx : 0.0f;
+        float sum = 0.0f;
+        for (int j = 0; j < V; j++) {
+            row[j] = expf(row[j] - mx);
+            sum += row[j];
+        }
+        float inv = 1.0f / sum;
+        for (int j = 0; j < V; j++) row[j] *= inv;
+        if (losses && targets) losses[i] = logf(sum) - zt;
+    }
+}
+
+void softmax_crossentropy_backward(float *dlogits, const float *probs,
+                                   const int32_t *targets, float scale, int N,
+                                   int V) {
+    for (int i = 0; i < N; i++) {
+        const float *p = probs + (size_t)i * V;
+        float *d = dlogits + (size_t)i * V;
+        for (int j = 0; j < V; j++) d[j] = p[j] * scale;
+        d[targets[i]] -= scale;
+    }
+}
