@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "common.h"
 #include "progress.h"
@@ -590,7 +591,7 @@ static double evaluate(Rank *r, long round) {
 /* ---------------------------------------------------------------- reporting */
 
 enum { ST_LOSS, ST_HAVE_LOSS, ST_COMPUTE, ST_WAIT, ST_COMM, ST_MEM_PARAMS, ST_MEM_OPT,
-       ST_MEM_ACTS, ST_COUNT };
+       ST_MEM_ACTS, ST_MAXRSS, ST_COUNT };
 
 /* What world rank 0 keeps to print progress. */
 typedef struct {
@@ -637,6 +638,8 @@ static void gather_stats(Rank *r, Reporter *rep, long t) {
     st[ST_MEM_PARAMS] = 2.0 * pb; /* parameters and gradients */
     st[ST_MEM_OPT] = r->plan->opt.adam ? 2.0 * pb : (r->plan->opt.momentum > 0 ? pb : 0.0);
     st[ST_MEM_ACTS] = acts_bytes(r);
+    struct rusage ru;
+    st[ST_MAXRSS] = getrusage(RUSAGE_SELF, &ru) == 0 ? 1024.0 * (double)ru.ru_maxrss : 0.0;
     MsgKey key = msg_key(MSG_STATS, 0, t);
     r->tp->send(r->tp, 0, key, st, sizeof st);
     if (r->rank != 0) return;
@@ -670,15 +673,15 @@ static void report_progress(Rank *r, Reporter *rep, long t) {
     size_t uj = (size_t)snprintf(json, sizeof json, ", \"schedule\": \"%s\", \"ranks\": [",
                                  schedule_name(p->sched.kind));
     if (p->world > 1 || p->sched.kind != SCHED_SINGLE)
-        ul += (size_t)snprintf(line + ul, sizeof line - ul, " | busy/wait%%");
+        ul += (size_t)snprintf(line + ul, sizeof line - ul, " | busy/wait/comm%%");
     for (int w = 0; w < p->world; w++) {
         const double *c = rep->cur + (size_t)w * ST_COUNT, *q = rep->prev + (size_t)w * ST_COUNT;
         double busy = dt > 0 ? (c[ST_COMPUTE] - q[ST_COMPUTE]) / dt : 0;
         double wait = dt > 0 ? (c[ST_WAIT] - q[ST_WAIT]) / dt : 0;
         double comm = dt > 0 ? (c[ST_COMM] - q[ST_COMM]) / dt : 0;
         if ((p->world > 1 || p->sched.kind != SCHED_SINGLE) && w < 16 && ul < sizeof line)
-            ul += (size_t)snprintf(line + ul, sizeof line - ul, " %.0f/%.0f", 100 * busy,
-                                   100 * wait);
+            ul += (size_t)snprintf(line + ul, sizeof line - ul, " %.0f/%.0f/%.0f", 100 * busy,
+                                   100 * wait, 100 * comm);
         if (uj < sizeof json)
             uj += (size_t)snprintf(json + uj, sizeof json - uj,
                                    "%s{\"rank\": %d, \"compute\": %.4f, \"wait\": %.4f, "
@@ -692,12 +695,13 @@ static void report_progress(Rank *r, Reporter *rep, long t) {
 }
 
 static void print_memory(const Plan *p, const double *cur) {
-    printf("peak memory per rank (parameters+gradients, optimizer state, activations):\n");
+    printf("peak memory per rank (parameters+gradients, optimizer state, activations; "
+           "process peak RSS):\n");
     for (int w = 0; w < p->world; w++) {
         const double *c = cur + (size_t)w * ST_COUNT;
-        printf("  rank %d: %.1f MB, %.1f MB, %.1f MB = %.1f MB\n", w, c[ST_MEM_PARAMS] / 1e6,
-               c[ST_MEM_OPT] / 1e6, c[ST_MEM_ACTS] / 1e6,
-               (c[ST_MEM_PARAMS] + c[ST_MEM_OPT] + c[ST_MEM_ACTS]) / 1e6);
+        printf("  rank %d: %.1f MB, %.1f MB, %.1f MB = %.1f MB; RSS %.1f MB\n", w,
+               c[ST_MEM_PARAMS] / 1e6, c[ST_MEM_OPT] / 1e6, c[ST_MEM_ACTS] / 1e6,
+               (c[ST_MEM_PARAMS] + c[ST_MEM_OPT] + c[ST_MEM_ACTS]) / 1e6, c[ST_MAXRSS] / 1e6);
     }
 }
 

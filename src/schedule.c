@@ -79,8 +79,10 @@ static int exact_actions(const Schedule *s, long t, int r, Action *out) {
 /* The paper's algorithm: forward of minibatch t in ring order; module
  * K-1 backpropagates it at once; module m < K-1 backpropagates the delayed
  * gradient of minibatch t - (K-1-m), which arrived in an earlier step.
- * Middle ranks run their backward first, while the forward of minibatch t
- * travels towards them. */
+ * Every rank forwards first and then runs its delayed backward, so the
+ * backward overlaps the forward travelling downstream and the head's work
+ * on rank 0; only the forwards and the head's backward are on the
+ * critical path of a step. */
 static int ouroboros_actions(const Schedule *s, long t, int r, Action *out) {
     int n = 0, K = s->K;
     long first = s->bp_warmup; /* first minibatch of delayed training */
@@ -92,8 +94,8 @@ static int ouroboros_actions(const Schedule *s, long t, int r, Action *out) {
         out[n++] = act(ACT_BACKWARD, K - 1, t, 0);
     } else {
         long d = t - (K - 1 - r);
-        if (d >= first) out[n++] = act(ACT_BACKWARD, r, d, 0);
         out[n++] = act(ACT_FORWARD, r, t, 0);
+        if (d >= first) out[n++] = act(ACT_BACKWARD, r, d, 0);
     }
     out[n++] = act(ACT_UPDATE, 0, t, 0);
     return n;
