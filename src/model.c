@@ -187,9 +187,33 @@ struct ModuleActs {
     float *losses; /* [N] */
     float loss;
     /* backward scratch, shared by the blocks */
-    float *d_res_a, *d_res_b, *d_c, *d_c2, *d_3c, *d_4c, *d_4c2, *d_tt;
+    float *d_res_a, *d_res_b, *d_c, *d_c2, *d_3c, *d_4c, *d_tt;
+    /* The weights of the last forward, when kept (module_acts_keep_weights):
+     * parameter-shaped, only the module's slices written. */
+    float *weights;
     size_t bytes;
 };
+
+/* The parameter slices a module's forward reads: its own, and wte for a
+ * head that does not own it. Returns how many (1 or 2). */
+static int weight_spans(const ParamLayout *pl, const ModuleSpec *m, size_t lo[2],
+                        size_t n[2]) {
+    size_t hi;
+    module_param_range(pl, m, &lo[0], &hi);
+    n[0] = hi - lo[0];
+    if (!m->has_head || m->has_embed) return 1;
+    lo[1] = pl->tensors[tensor_index_wte()].offset;
+    n[1] = pl->tensors[tensor_index_wte()].numel;
+    return 2;
+}
+
+void module_acts_keep_weights(const ParamLayout *pl, ModuleActs *a) {
+    if (a->weights) return;
+    a->weights = xcalloc(pl->n_params, sizeof(float)); /* untouched pages stay unmapped */
+    size_t lo[2], n[2];
+    int k = weight_spans(pl, &a->spec, lo, n);
+    for (int i = 0; i < k; i++) a->bytes += n[i] * sizeof(float);
+}
 
 static float *acts_alloc(ModuleActs *a, size_t n) {
     a->bytes += n * sizeof(float);
@@ -238,7 +262,6 @@ ModuleActs *module_acts_create(const ParamLayout *pl, const ModuleSpec *m,
     a->d_c2 = acts_alloc(a, N * C);
     a->d_3c = acts_alloc(a, N * 3 * C);
     a->d_4c = acts_alloc(a, N * 4 * C);
-    a->d_4c2 = acts_alloc(a, N * 4 * C);
     a->d_tt = acts_alloc(a, (size_t)T * T);
     return a;
 }
@@ -255,7 +278,7 @@ void module_acts_free(ModuleActs *a) {
     }
     float *rest[] = {a->input, a->lnf, a->lnf_mean, a->lnf_rstd, a->probs,
                      a->losses, a->d_res_a, a->d_res_b, a->d_c, a->d_c2,
-                     a->d_3c, a->d_4c, a->d_4c2, a->d_tt};
+                     a->d_3c, a->d_4c, a->d_tt, a->weights};
     for (size_t j = 0; j < sizeof rest / sizeof rest[0]; j++) free(rest[j]);
     free(a->blocks);
     free(a->tokens);
@@ -264,6 +287,108 @@ void module_acts_free(ModuleActs *a) {
 }
 
 size_t module_acts_bytes(const ModuleActs *a) { return a->bytes; }
+
+/* ---- saving the forward state (checkpoints of in-flight minibatches) ---- */
+
+typedef struct {
+    void *p;
+    size_t n; /* 4-byte elements */
+} StateSpan;
+
+/* The arrays a later backward reads, in a fixed order: everything but the
+ * backward scratch. Keep in step with BlockActs and ModuleActs. Returns
+ * the count (at most 3 + 13 * blocks + 5 + 2). */
+static int acts_state_spans(const ParamLayout *pl, const ModuleActs *a, StateSpan *s) {
+    size_t C = (size_t)pl->cfg.n_embd, NH = (size_t)pl->cfg.n_head;
+    size_t V = (size_t)pl->cfg.vocab_size, B = (size_t)a->B, T = (size_t)a->T;
+    size_t N = B * T;
+    int n = 0;
+#define SPAN(ptr, count) (s[n].p = (void *)(ptr), s[n].n = (count), n++)
+    SPAN(a->tokens, N);
+    SPAN(a->targets, N);
+    SPAN(a->input, N * C);
+    for (int i = 0; i < a->spec.block_hi - a->spec.block_lo; i++) {
+        const BlockActs *k = &a->blocks[i];
+        SPAN(k->ln1, N * C);
+        SPAN(k->ln1_mean, N);
+        SPAN(k->ln1_rstd, N);
+        SPAN(k->qkv, N * 3 * C);
+        SPAN(k->att, B * NH * T * T);
+        SPAN(k->atty, N * C);
+        SPAN(k->res2, N * C);
+        SPAN(k->ln2, N * C);
+        SPAN(k->ln2_mean, N);
+        SPAN(k->ln2_rstd, N);
+        SPAN(k->fch, N * 4 * C);
+        SPAN(k->fch_gelu, N * 4 * C);
+        SPAN(k->out, N * C);
+    }
+    if (a->spec.has_head) {
+        SPAN(a->lnf, N * C);
+        SPAN(a->lnf_mean, N);
+        SPAN(a->lnf_rstd, N);
+        SPAN(a->probs, N * V);
+        SPAN(a->losses, N);
+    }
+    if (a->weights) {
+        size_t lo[2], cnt[2];
+        int k = weight_spans(pl, &a->spec, lo, cnt);
+        for (int i = 0; i < k; i++) SPAN(a->weights + lo[i], cnt[i]);
+    }
+#undef SPAN
+    return n;
+}
+
+/* Four header words: the shape of the last forward, have_targets, loss. */
+enum { ACTS_STATE_HEADER = 4 };
+
+static StateSpan *state_spans_alloc(const ModuleActs *a) {
+    int nb = a->spec.block_hi - a->spec.block_lo;
+    return xmalloc((size_t)(3 + 13 * nb + 5 + 2) * sizeof(StateSpan));
+}
+
+size_t module_acts_state_floats(const ParamLayout *pl, const ModuleActs *a) {
+    StateSpan *s = state_spans_alloc(a);
+    int n = acts_state_spans(pl, a, s);
+    size_t total = ACTS_STATE_HEADER;
+    for (int i = 0; i < n; i++) total += s[i].n;
+    free(s);
+    return total;
+}
+
+void module_acts_export(const ParamLayout *pl, const ModuleActs *a, float *dst) {
+    int32_t head[ACTS_STATE_HEADER - 1] = {a->cur_B, a->cur_T, a->have_targets};
+    memcpy(dst, head, sizeof head);
+    dst[ACTS_STATE_HEADER - 1] = a->loss;
+    dst += ACTS_STATE_HEADER;
+    StateSpan *s = state_spans_alloc(a);
+    int n = acts_state_spans(pl, a, s);
+    for (int i = 0; i < n; i++) {
+        memcpy(dst, s[i].p, s[i].n * 4);
+        dst += s[i].n;
+    }
+    free(s);
+}
+
+void module_acts_import(const ParamLayout *pl, ModuleActs *a, const float *src) {
+    int32_t head[ACTS_STATE_HEADER - 1];
+    memcpy(head, src, sizeof head);
+    if (head[0] < 0 || head[0] > a->B || head[1] < 0 || head[1] > a->T)
+        die("module_acts_import: saved batch %dx%d exceeds the %dx%d of these activations",
+            head[0], head[1], a->B, a->T);
+    a->cur_B = head[0];
+    a->cur_T = head[1];
+    a->have_targets = head[2];
+    a->loss = src[ACTS_STATE_HEADER - 1];
+    src += ACTS_STATE_HEADER;
+    StateSpan *s = state_spans_alloc(a);
+    int n = acts_state_spans(pl, a, s);
+    for (int i = 0; i < n; i++) {
+        memcpy(s[i].p, src, s[i].n * 4);
+        src += s[i].n;
+    }
+    free(s);
+}
 
 float module_loss(const ModuleActs *a) { return a->loss; }
 
@@ -305,6 +430,12 @@ const float *module_forward(const ParamLayout *pl, const float *params,
             "were sized for", B, T, a->B, a->T);
     a->cur_B = B;
     a->cur_T = T;
+    if (a->weights) {
+        size_t lo[2], n[2];
+        int k = weight_spans(pl, m, lo, n);
+        for (int i = 0; i < k; i++)
+            memcpy(a->weights + lo[i], params + lo[i], n[i] * sizeof(float));
+    }
     if (m->has_embed) {
         memcpy(a->tokens, tokens, N * sizeof(int32_t));
         embedding_forward(a->input, tokens,
@@ -350,27 +481,27 @@ static void block_backward(const ParamLayout *pl, const float *p, float *g,
     /* MLP branch: out = res2 + proj(gelu(fc(ln2(res2)))) */
     float *dres2 = a->d_c2;
     memcpy(dres2, dout, NC * sizeof(float));
-    memset(a->d_4c, 0, NC * 4 * sizeof(float));
-    matmul_backward(a->d_4c, bt(pl, g, l, BT_FCPROJ_W), bt(pl, g, l, BT_FCPROJ_B),
-                    dout, k->fch_gelu, bt(pl, p, l, BT_FCPROJ_W), N, 4 * C, C);
-    memset(a->d_4c2, 0, NC * 4 * sizeof(float));
-    gelu_backward(a->d_4c2, k->fch, a->d_4c, N * 4 * C);
-    memset(a->d_c, 0, NC * sizeof(float));
-    matmul_backward(a->d_c, bt(pl, g, l, BT_FC_W), bt(pl, g, l, BT_FC_B),
-                    a->d_4c2, k->ln2, bt(pl, p, l, BT_FC_W), N, C, 4 * C);
+    /* Fresh scratch is overwritten (beta 0, GELU in place), not zeroed and
+     * accumulated into: the same numbers, less memory traffic. */
+    matmul_backward_input(a->d_4c, dout, bt(pl, p, l, BT_FCPROJ_W), N, 4 * C, C, 0.0f);
+    matmul_backward_weight(bt(pl, g, l, BT_FCPROJ_W), bt(pl, g, l, BT_FCPROJ_B), dout,
+                           k->fch_gelu, N, 4 * C, C);
+    gelu_backward(a->d_4c, k->fch, k->fch_gelu, a->d_4c, N * 4 * C);
+    matmul_backward_input(a->d_c, a->d_4c, bt(pl, p, l, BT_FC_W), N, C, 4 * C, 0.0f);
+    matmul_backward_weight(bt(pl, g, l, BT_FC_W), bt(pl, g, l, BT_FC_B), a->d_4c, k->ln2,
+                           N, C, 4 * C);
     layernorm_backward(dres2, bt(pl, g, l, BT_LN2_W), bt(pl, g, l, BT_LN2_B),
                        a->d_c, k->res2, bt(pl, p, l, BT_LN2_W), k->ln2_mean,
                        k->ln2_rstd, N, C);
     /* attention branch: res2 = x + proj(attn(qkv(ln1(x)))) */
-    memset(a->d_c, 0, NC * sizeof(float));
-    matmul_backward(a->d_c, bt(pl, g, l, BT_ATTNPROJ_W),
-                    bt(pl, g, l, BT_ATTNPROJ_B), dres2, k->atty,
-                    bt(pl, p, l, BT_ATTNPROJ_W), N, C, C);
+    matmul_backward_input(a->d_c, dres2, bt(pl, p, l, BT_ATTNPROJ_W), N, C, C, 0.0f);
+    matmul_backward_weight(bt(pl, g, l, BT_ATTNPROJ_W), bt(pl, g, l, BT_ATTNPROJ_B), dres2,
+                           k->atty, N, C, C);
     memset(a->d_3c, 0, NC * 3 * sizeof(float));
     attention_backward(a->d_3c, a->d_tt, a->d_c, k->qkv, k->att, B, T, C, NH);
-    memset(a->d_c, 0, NC * sizeof(float));
-    matmul_backward(a->d_c, bt(pl, g, l, BT_ATTN_W), bt(pl, g, l, BT_ATTN_B),
-                    a->d_3c, k->ln1, bt(pl, p, l, BT_ATTN_W), N, C, 3 * C);
+    matmul_backward_input(a->d_c, a->d_3c, bt(pl, p, l, BT_ATTN_W), N, C, 3 * C, 0.0f);
+    matmul_backward_weight(bt(pl, g, l, BT_ATTN_W), bt(pl, g, l, BT_ATTN_B), a->d_3c,
+                           k->ln1, N, C, 3 * C);
     memcpy(dx, dres2, NC * sizeof(float));
     layernorm_backward(dx, bt(pl, g, l, BT_LN1_W), bt(pl, g, l, BT_LN1_B),
                        a->d_c, x, bt(pl, p, l, BT_LN1_W), k->ln1_mean,
@@ -382,6 +513,7 @@ void module_backward(const ParamLayout *pl, const float *params, float *grads,
                      float loss_scale, float *dx_in) {
     int C = pl->cfg.n_embd, V = pl->cfg.vocab_size;
     int N = a->cur_B * a->cur_T;
+    if (a->weights) params = a->weights; /* the weights this forward used */
     size_t NC = (size_t)N * C;
     int nb = m->block_hi - m->block_lo;
     const float *last = nb > 0 ? a->blocks[nb - 1].out : a->input;

@@ -114,8 +114,20 @@ typedef struct ModuleActs ModuleActs;
 ModuleActs *module_acts_create(const ParamLayout *pl, const ModuleSpec *m,
                                int B, int T);
 void module_acts_free(ModuleActs *a);
+/* Makes every later forward keep a copy of the weights it used, and the
+ * backward use that copy instead of the params it is given: the exact
+ * gradient at the forward's weights, for a backward that runs after some
+ * updates (delayed gradients with stored activations). */
+void module_acts_keep_weights(const ParamLayout *pl, ModuleActs *a);
 /* Bytes held by the activations (for memory reports). */
 size_t module_acts_bytes(const ModuleActs *a);
+/* The forward state a later backward reads (everything but scratch), as
+ * floats, for checkpoints of in-flight minibatches: export writes
+ * module_acts_state_floats() floats (integers bit for bit), import reads
+ * them into activations of the same module and capacity. */
+size_t module_acts_state_floats(const ParamLayout *pl, const ModuleActs *a);
+void module_acts_export(const ParamLayout *pl, const ModuleActs *a, float *dst);
+void module_acts_import(const ParamLayout *pl, ModuleActs *a, const float *src);
 
 /* Forward on B x T (T <= the T the acts were created for).
  * tokens: [B*T] if the module has the embedding, else NULL.

@@ -4,12 +4,21 @@
  * Conventions: N = B*T rows; C channels. Backward functions ACCUMULATE
  * (+=) into every gradient they produce, for parameters and for inputs, so
  * a caller zeroes gradients once and paths that fan out add up naturally.
- * The residual stream is the one exception: callers manage it explicitly.
+ * Exceptions, named where they are declared: gelu_backward and
+ * softmax_crossentropy_backward overwrite, and matmul_backward_input
+ * takes a beta.
  */
 #ifndef OURO_OPS_H
 #define OURO_OPS_H
 
 #include <stdint.h>
+
+/* Sets up the calling thread for the backend: on x86, denormal inputs and
+ * results are flushed to zero (FTZ/DAZ). Tiny probabilities and the
+ * unused lanes of branch-free vector code otherwise fall into denormals,
+ * which cost a microcode assist each and made GELU 3x slower. The
+ * results stay deterministic. Every thread that trains calls it. */
+void backend_thread_init(void);
 
 /* out[b,t,:] = wte[tok[b,t],:] + wpe[t,:] */
 void embedding_forward(float *out, const int32_t *tokens, const float *wte,
@@ -33,6 +42,13 @@ void matmul_forward(float *y, const float *x, const float *W,
 /* dx += dy W^T, dW += x^T dy, dbias += colsum(dy). dx, dbias may be NULL. */
 void matmul_backward(float *dx, float *dW, float *dbias, const float *dy,
                      const float *x, const float *W, int N, int IC, int OC);
+/* Its two halves. dx = beta * dx + dy W^T: beta 0 overwrites, so a fresh
+ * buffer needs no zeroing first. */
+void matmul_backward_input(float *dx, const float *dy, const float *W, int N,
+                           int IC, int OC, float beta);
+/* dW += x^T dy, dbias += colsum(dy) (dbias may be NULL). */
+void matmul_backward_weight(float *dW, float *dbias, const float *dy,
+                            const float *x, int N, int IC, int OC);
 
 /* Causal self-attention. qkv is [B,T,3C] (q, k, v each C wide, heads of
  * C/NH). att saves the softmax probabilities [B,NH,T,T] (upper triangle
@@ -46,7 +62,11 @@ void attention_backward(float *dqkv, float *scratch, const float *dout,
 
 /* GELU, tanh approximation. */
 void gelu_forward(float *y, const float *x, int n);
-void gelu_backward(float *dx, const float *x, const float *dy, int n);
+/* dx = GELU'(x) * dy, given y = GELU(x) from the forward (which spares
+ * the backward its exponentials). An exception to the accumulate rule: it
+ * OVERWRITES dx, and dx may be dy (in place), so the MLP's backward needs
+ * no extra buffer or zeroing. */
+void gelu_backward(float *dx, const float *x, const float *y, const float *dy, int n);
 
 /* y = a + b */
 void residual_forward(float *y, const float *a, const float *b, int n);

@@ -7,8 +7,47 @@
 #include <cblas.h>
 #include <math.h>
 #include <string.h>
+#if defined(__SSE__)
+#include <xmmintrin.h>
+#endif
 
 #define LN_EPS 1e-5f
+
+void backend_thread_init(void) {
+#if defined(__SSE__)
+    _mm_setcsr(_mm_getcsr() | 0x8040); /* FTZ (bit 15) and DAZ (bit 6) */
+#endif
+}
+
+/* exp(x), written branch-free so the compiler vectorises the loops that
+ * call it (libm's expf and tanhf are scalar calls; tanhf alone was a third
+ * of a training step). x = n ln2 + r with |r| <= ln2/2, then a
+ * degree-6 polynomial for exp(r), then 2^n through the exponent bits.
+ * Relative error below 2e-7; x is clamped to [-87, 88], where float's
+ * exponent ends (below, the result is ~1e-38 instead of 0: harmless for
+ * softmax and GELU). */
+static inline float exp_approx(float x) {
+    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+    const float log2e = 1.44269504088896341f;
+    const float ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
+    /* round to nearest by adding and subtracting 1.5 * 2^23: plain SSE2,
+     * where floorf would be a library call that stops vectorisation */
+    const float shifter = 12582912.0f;
+    float n = (x * log2e + shifter) - shifter;
+    float r = x - n * ln2_hi - n * ln2_lo;
+    float p = 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
 
 void embedding_forward(float *out, const int32_t *tokens, const float *wte,
                        const float *wpe, int B, int T, int C) {
@@ -96,11 +135,14 @@ void matmul_forward(float *y, const float *x, const float *W,
     }
 }
 
-void matmul_backward(float *dx, float *dW, float *dbias, const float *dy,
-                     const float *x, const float *W, int N, int IC, int OC) {
-    if (dx)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, IC, OC, 1.0f,
-                    dy, OC, W, OC, 1.0f, dx, IC);
+void matmul_backward_input(float *dx, const float *dy, const float *W, int N,
+                           int IC, int OC, float beta) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, IC, OC, 1.0f, dy, OC,
+                W, OC, beta, dx, IC);
+}
+
+void matmul_backward_weight(float *dW, float *dbias, const float *dy,
+                            const float *x, int N, int IC, int OC) {
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, IC, OC, N, 1.0f, x,
                 IC, dy, OC, 1.0f, dW, OC);
     if (!dbias) return;
@@ -110,15 +152,19 @@ void matmul_backward(float *dx, float *dW, float *dbias, const float *dy,
     }
 }
 
+void matmul_backward(float *dx, float *dW, float *dbias, const float *dy,
+                     const float *x, const float *W, int N, int IC, int OC) {
+    if (dx) matmul_backward_input(dx, dy, W, N, IC, OC, 1.0f);
+    matmul_backward_weight(dW, dbias, dy, x, N, IC, OC);
+}
+
 /* Row i of a causal score matrix: softmax over j <= i, zero above. */
 static void causal_softmax_row(float *row, int i, int T) {
     float mx = row[0];
     for (int j = 1; j <= i; j++) mx = row[j] > mx ? row[j] : mx;
+    for (int j = 0; j <= i; j++) row[j] = exp_approx(row[j] - mx);
     float sum = 0.0f;
-    for (int j = 0; j <= i; j++) {
-        row[j] = expf(row[j] - mx);
-        sum += row[j];
-    }
+    for (int j = 0; j <= i; j++) sum += row[j];
     float inv = 1.0f / sum;
     for (int j = 0; j <= i; j++) row[j] *= inv;
     for (int j = i + 1; j < T; j++) row[j] = 0.0f;
@@ -183,60 +229,35 @@ void attention_backward(float *dqkv, float *scratch, const float *dout,
 
 #define GELU_K 0.7978845608028654f /* sqrt(2/pi) */
 
-/* exp(x) for the GELU's tanh, written branch-free so the compiler
- * vectorises the loops that call it (libm's tanhf is a scalar call and
- * was a third of a training step). x = n ln2 + r with |r| <= ln2/2, then a
- * degree-6 polynomial for exp(r), then 2^n through the exponent bits.
- * Relative error below 2e-7 for |x| <= 80; callers clamp to that. */
-static inline float exp_approx(float x) {
-    const float log2e = 1.44269504088896341f;
-    const float ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
-    /* round to nearest by adding and subtracting 1.5 * 2^23: plain SSE2,
-     * where floorf would be a library call that stops vectorisation */
-    const float shifter = 12582912.0f;
-    float n = (x * log2e + shifter) - shifter;
-    float r = x - n * ln2_hi - n * ln2_lo;
-    float p = 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    int32_t bits = ((int32_t)n + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
-}
-
 /* GELU(u) = 0.5 u (1 + tanh(z)) with z = sqrt(2/pi) (u + 0.044715 u^3).
  * Since 0.5 (1 + tanh(z)) = sigmoid(2z) = 1 / (1 + exp(-2z)), computing the
  * sigmoid directly avoids the cancellation of 1 + tanh(z) near -1.
- * Arguments are clamped where the sigmoid is 0 or 1 in float anyway.
- * Returns s = sigmoid(2z) and, through e, exp(-2z), so 1 - s = e s
- * without cancellation. */
-static inline float gelu_sigmoid(float u, float *e) {
-    float z2 = 2.0f * GELU_K * (u + 0.044715f * u * u * u);
-    z2 = z2 > 80.0f ? 80.0f : (z2 < -80.0f ? -80.0f : z2);
-    *e = exp_approx(-z2);
-    return 1.0f / (1.0f + *e);
-}
-
+ * Arguments are clamped to |2z| <= 30: above, the sigmoid is 1.0f exactly;
+ * below, GELU is under 1e-12 in size either way.
+ */
 void gelu_forward(float *restrict y, const float *restrict x, int n) {
     for (int i = 0; i < n; i++) {
-        float e;
-        y[i] = x[i] * gelu_sigmoid(x[i], &e);
+        float u = x[i];
+        float z2 = 2.0f * GELU_K * (u + 0.044715f * u * u * u);
+        z2 = z2 > 30.0f ? 30.0f : (z2 < -30.0f ? -30.0f : z2);
+        y[i] = u / (1.0f + exp_approx(-z2));
     }
 }
 
-/* d/du [u s(u)] = s + u s (1 - s) dz2/du, dz2/du = 2K (1 + 3 0.044715 u^2) */
-void gelu_backward(float *restrict dx, const float *restrict x, const float *restrict dy,
-                   int n) {
+/* d/du [u s(u)] = s + u s (1 - s) dz2/du, dz2/du = 2K (1 + 3 0.044715 u^2).
+ * s is recovered from the forward as y / u (exact to a rounding or two;
+ * s(0) = 1/2), so the backward needs no exponential. */
+void gelu_backward(float *dx, const float *restrict x, const float *restrict y,
+                   const float *dy, int n) {
+    /* dx may be dy: element i is read before it is written, so the loop is
+     * safe to vectorise in place (without this, the aliasing check sends
+     * in-place calls to the scalar loop) */
+#pragma GCC ivdep
     for (int i = 0; i < n; i++) {
-        float u = x[i], e;
-        float s = gelu_sigmoid(u, &e);
-        float d = s + u * s * (e * s) * 2.0f * GELU_K * (1.0f + 3.0f * 0.044715f * u * u);
-        dx[i] += d * dy[i];
+        float u = x[i];
+        float s = u != 0.0f ? y[i] / u : 0.5f;
+        float d = s + u * s * (1.0f - s) * 2.0f * GELU_K * (1.0f + 3.0f * 0.044715f * u * u);
+        dx[i] = d * dy[i];
     }
 }
 
@@ -274,11 +295,9 @@ void softmax_crossentropy_forward(float *probs, float *losses,
         /* loss = log(sum exp(z - max)) - (z_target - max): exact even where
          * the target's probability underflows. */
         float zt = (losses && targets) ? row[targets[i]] - mx : 0.0f;
+        for (int j = 0; j < V; j++) row[j] = exp_approx(row[j] - mx);
         float sum = 0.0f;
-        for (int j = 0; j < V; j++) {
-            row[j] = expf(row[j] - mx);
-            sum += row[j];
-        }
+        for (int j = 0; j < V; j++) sum += row[j];
         float inv = 1.0f / sum;
         for (int j = 0; j < V; j++) row[j] *= inv;
         if (losses && targets) losses[i] = logf(sum) - zt;

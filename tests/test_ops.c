@@ -311,7 +311,15 @@ static void test_matmul_nobias(const Shape *s) {
     MmCtx ctx = {N, IC, OC, x.d, W.d, NULL, dy.d};
     check_grad("matmul dW (dx, dbias NULL)", s, mm_objective, &ctx, W.d, dW, W.n);
 
-    free(dW); free(y); free(yr);
+    /* matmul_backward_input with beta 0 overwrites whatever dx held: the
+     * same bits as accumulating into zeros. */
+    float *dx0 = fzeros(x.n), *dxj = fzeros(x.n);
+    for (size_t i = 0; i < x.n; i++) dxj[i] = 1e30f;
+    matmul_backward_input(dx0, dy.f, W.f, N, IC, OC, 1.0f);
+    matmul_backward_input(dxj, dy.f, W.f, N, IC, OC, 0.0f);
+    check("matmul dx beta 0 overwrites", s, memcmp(dx0, dxj, x.n * sizeof(float)) != 0, 0.5);
+
+    free(dx0); free(dxj); free(dW); free(y); free(yr);
     pair_free(&x); pair_free(&W); pair_free(&dy);
 }
 
@@ -451,15 +459,20 @@ static void test_gelu(const Shape *s) {
     check("gelu fwd", s, ref_rel_err(y, yr, n), FWD_TOL);
 
     float *dx = fzeros(n);
-    gelu_backward(dx, x.f, dy.f, n);
+    gelu_backward(dx, x.f, y, dy.f, n);
     GeluCtx ctx = {n, x.d, dy.d};
     check_grad("gelu dx", s, gelu_objective, &ctx, x.d, dx, n);
 
+    /* gelu_backward overwrites (ops.h): a second call gives the same bits,
+     * and so does running it in place on a copy of dy. */
     float *g1 = snapshot(dx, n);
-    gelu_backward(dx, x.f, dy.f, n);
-    check_doubled("gelu accumulate dx", s, g1, dx, n);
+    gelu_backward(dx, x.f, y, dy.f, n);
+    check("gelu overwrites dx", s, memcmp(g1, dx, (size_t)n * sizeof(float)) != 0, 0.5);
+    float *inplace = snapshot(dy.f, n);
+    gelu_backward(inplace, x.f, y, inplace, n);
+    check("gelu in place", s, memcmp(g1, inplace, (size_t)n * sizeof(float)) != 0, 0.5);
 
-    free(g1); free(dx); free(y); free(yr);
+    free(inplace); free(g1); free(dx); free(y); free(yr);
     pair_free(&x); pair_free(&dy);
 }
 
