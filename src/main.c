@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "checkpoint.h"
 #include "device.h"
 #include "sample.h"
 #include "train.h"
@@ -14,6 +15,8 @@ static void usage(FILE *f) {
             "commands:\n"
             "  train    train a model (see `ouroboros train --help`)\n"
             "  sample   generate text from a trained run (`ouroboros sample --help`)\n"
+            "  eval     the loss of a checkpoint on a split (`ouroboros eval --help`)\n"
+            "  inspect  show and verify a checkpoint: ouroboros inspect DIR\n"
             "  version  print the version and the backends built in\n");
 }
 
@@ -25,6 +28,8 @@ int main(int argc, char **argv) {
     const char *cmd = argv[1];
     if (strcmp(cmd, "train") == 0) return cmd_train(argc - 2, argv + 2);
     if (strcmp(cmd, "sample") == 0) return cmd_sample(argc - 2, argv + 2);
+    if (strcmp(cmd, "eval") == 0) return cmd_eval(argc - 2, argv + 2);
+    if (strcmp(cmd, "inspect") == 0) return cmd_inspect(argc - 2, argv + 2);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
         printf("ouroboros %s (%s)\n", PACKAGE_VERSION, device_build_summary());
         return 0;

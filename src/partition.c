@@ -44,12 +44,13 @@ static void check_modules(const GPTConfig *g, int K) {
 }
 
 /* Tries every number a of blocks on rank 0; the middle ranks share the
- * rest as evenly as possible. Rank 0's blocks are then split between its
- * two modules. Under `ouroboros` rank 0 runs module 0's delayed backward
- * while the forward travels through the middle ranks, so module 0 takes as
- * many blocks as that backward (about twice a forward) can hide behind
- * the middle ranks' forwards; the rest go to the last module, whose
- * gradient is never delayed. */
+ * rest as evenly as possible. Rank 0's blocks all go to the last module,
+ * whose gradient is never delayed: blocks in module 0 would see gradients
+ * K-1 steps old. Measured on the default corpus (4 layers, 2 ranks, 400
+ * steps): partition 0,2,2 ends 2.0% above bp's validation loss, 1,2,1
+ * ends 9.3% above. Under `ouroboros` blocks in module 0 would let rank 0
+ * hide that module's delayed backward behind the middle ranks' forwards;
+ * partition= trades that speed for accuracy by hand. */
 void partition_auto(Partition *p, const GPTConfig *g, int K) {
     check_modules(g, K);
     memset(p, 0, sizeof *p);
@@ -76,10 +77,6 @@ void partition_auto(Partition *p, const GPTConfig *g, int K) {
             *p = q;
         }
     }
-    int a = p->blocks[K - 1], middle = L - a;
-    int first = middle / 2 < a ? middle / 2 : a;
-    p->blocks[0] = first;
-    p->blocks[K - 1] = a - first;
 }
 
 void partition_parse(Partition *p, const char *text, const GPTConfig *g, int K) {

@@ -20,8 +20,11 @@
 #include <string.h>
 #include <sys/resource.h>
 
+#include "checkpoint.h"
 #include "common.h"
+#include "ops.h"
 #include "progress.h"
+#include "rank.h"
 #include "sample.h"
 #include "weights.h"
 
@@ -111,52 +114,6 @@ void plan_print(const Plan *p) {
 
 /* ---------------------------------------------------------------- ranks */
 
-typedef struct {
-    int m;
-    ModuleSpec spec;
-    int first_tensor, last_tensor;
-    int prev_rank, next_rank; /* world ranks of the neighbour modules, or -1 */
-    int n_slots;
-    ModuleActs **acts;        /* store: n_slots sets; replay: one */
-    ModuleActs *eval_acts;    /* store: the set evaluation uses */
-    long *slot_key;           /* (mb * micro + u) each set holds */
-    float **inputs;           /* replay: the stored input of each slot */
-    long work_key;            /* replay: which forward acts[0] holds, or -1 */
-    long work_version;        /* replay: weights version of that forward */
-    float *in_buf, *dout_buf, *dx_buf;
-    int touched;              /* has a gradient to apply this step */
-} Mod;
-
-typedef struct {
-    long mb;
-    int32_t *inputs, *targets;
-} BatchSlot;
-
-typedef struct {
-    const Plan *plan;
-    Transport *tp;
-    int rank, replica, prank;
-    int n_mods;
-    Mod mods[2];
-    float *params, *grads, *opt_m, *opt_v;
-    long *tensor_updates;
-    long version;             /* bumped by every update */
-    int n_ring;
-    BatchSlot *ring;
-    double compute_s;
-    double loss;              /* this replica's share of the step's mean loss */
-    int have_loss;
-    FILE *trace;
-} Rank;
-
-static int world_rank_of(const Rank *r, int pipe_rank) {
-    return r->replica * r->plan->pipe_ranks + pipe_rank;
-}
-
-static size_t act_floats(const Rank *r) {
-    return (size_t)r->plan->rows_micro * r->plan->cfg->block_size * r->plan->pl->cfg.n_embd;
-}
-
 static void mod_init(Rank *r, Mod *md, int m) {
     const Plan *p = r->plan;
     const Schedule *s = &p->sched;
@@ -170,6 +127,11 @@ static void mod_init(Rank *r, Mod *md, int m) {
     int sets = p->replay ? 1 : md->n_slots;
     md->acts = xcalloc((size_t)sets, sizeof(ModuleActs *));
     for (int i = 0; i < sets; i++) md->acts[i] = module_acts_create(p->pl, &md->spec, rows, T);
+    /* store under delayed gradients: the backward of a minibatch runs after
+     * updates, and must use the weights of its forward (ALGORITHM.md 5) */
+    int delayed = s->kind == SCHED_OUROBOROS || s->kind == SCHED_OUROBOROS_PIPELINED;
+    if (!p->replay && delayed && m < s->K - 1)
+        for (int i = 0; i < sets; i++) module_acts_keep_weights(p->pl, md->acts[i]);
     md->work_key = -1;
     md->slot_key = xcalloc((size_t)md->n_slots, sizeof(long));
     for (int i = 0; i < md->n_slots; i++) md->slot_key[i] = -1;
@@ -207,6 +169,7 @@ static void rank_init(Rank *r, const Plan *p, Transport *tp) {
     r->rank = tp->rank;
     r->replica = tp->rank / p->pipe_ranks;
     r->prank = tp->rank % p->pipe_ranks;
+    r->t_start = now_seconds();
     size_t n = p->pl->n_params;
     /* Full-size buffers addressed by the global offsets; only this rank's
      * slices are ever written, so the rest stays untouched, unmapped. */
@@ -246,6 +209,7 @@ static void rank_free(Rank *r) {
     free(r->opt_m);
     free(r->opt_v);
     free(r->tensor_updates);
+    inbox_clear(&r->inbox);
     if (r->trace) fclose(r->trace);
 }
 
@@ -253,6 +217,16 @@ static Mod *find_mod(Rank *r, int m) {
     for (int i = 0; i < r->n_mods; i++)
         if (r->mods[i].m == m) return &r->mods[i];
     die("schedule bug: module %d is not on this rank", m + 1);
+}
+
+/* Activations and gradients: a checkpoint may have received them ahead
+ * of their step (or a resume restored them) into the inbox. */
+static void rank_recv(Rank *r, int src, MsgKey key, void *buf, size_t bytes) {
+    if (!inbox_take(&r->inbox, src, key, buf, bytes)) r->tp->recv(r->tp, src, key, buf, bytes);
+}
+
+static void rank_expect(Rank *r, int src, MsgKey key, size_t bytes) {
+    if (!inbox_has(&r->inbox, src, key)) r->tp->expect(r->tp, src, key, bytes);
 }
 
 /* ---------------------------------------------------------------- data */
@@ -327,7 +301,7 @@ static void action_forward(Rank *r, long t, const Action *ac) {
     float *x_in = NULL;
     if (!md->spec.has_embed) {
         x_in = p->replay ? md->inputs[slot] : md->in_buf;
-        r->tp->recv(r->tp, md->prev_rank, msg_key(MSG_ACT, ac->micro, ac->mb), x_in,
+        rank_recv(r, md->prev_rank, msg_key(MSG_ACT, ac->micro, ac->mb), x_in,
                     n * sizeof(float));
     }
     ModuleActs *a = md->acts[p->replay ? 0 : slot];
@@ -357,7 +331,7 @@ static void action_backward(Rank *r, long t, const Action *ac) {
         die("schedule bug: module %d backward of minibatch %ld, whose forward it no "
             "longer holds", ac->module + 1, ac->mb);
     if (!md->spec.has_head)
-        r->tp->recv(r->tp, md->next_rank, msg_key(MSG_GRAD, ac->micro, ac->mb), md->dout_buf,
+        rank_recv(r, md->next_rank, msg_key(MSG_GRAD, ac->micro, ac->mb), md->dout_buf,
                     n * sizeof(float));
     ModuleActs *a = md->acts[p->replay ? 0 : slot];
     /* Replay: recompute the forward from the stored input with the current
@@ -591,7 +565,7 @@ static double evaluate(Rank *r, long round) {
 /* ---------------------------------------------------------------- reporting */
 
 enum { ST_LOSS, ST_HAVE_LOSS, ST_COMPUTE, ST_WAIT, ST_COMM, ST_MEM_PARAMS, ST_MEM_OPT,
-       ST_MEM_ACTS, ST_MAXRSS, ST_COUNT };
+       ST_MEM_ACTS, ST_MAXRSS, ST_WALL, ST_COUNT };
 
 /* What world rank 0 keeps to print progress. */
 typedef struct {
@@ -599,7 +573,6 @@ typedef struct {
     double *prev;      /* [world][ST_COUNT] at the previous report */
     double *cur;
     double last_loss;
-    double t_prev;
 } Reporter;
 
 static size_t owned_floats(const Rank *r) {
@@ -634,6 +607,7 @@ static void gather_stats(Rank *r, Reporter *rep, long t) {
     st[ST_COMPUTE] = r->compute_s;
     st[ST_WAIT] = r->tp->wait_s;
     st[ST_COMM] = r->tp->comm_s;
+    st[ST_WALL] = now_seconds() - r->t_start; /* each rank's own clock */
     double pb = (double)owned_floats(r) * sizeof(float);
     st[ST_MEM_PARAMS] = 2.0 * pb; /* parameters and gradients */
     st[ST_MEM_OPT] = r->plan->opt.adam ? 2.0 * pb : (r->plan->opt.momentum > 0 ? pb : 0.0);
@@ -666,8 +640,6 @@ static void report_progress(Rank *r, Reporter *rep, long t) {
     if (!isnan(loss)) rep->last_loss = loss;
     if (!isfinite(loss) && !isnan(loss))
         die("step %ld: non-finite loss (%g); lower lr= or raise warmup=", t + 1, loss);
-    double now = now_seconds(), dt = now - rep->t_prev;
-    rep->t_prev = now;
     char line[4096], json[8192];
     size_t ul = (size_t)snprintf(line, sizeof line, " | %s", schedule_name(p->sched.kind));
     size_t uj = (size_t)snprintf(json, sizeof json, ", \"schedule\": \"%s\", \"ranks\": [",
@@ -676,6 +648,7 @@ static void report_progress(Rank *r, Reporter *rep, long t) {
         ul += (size_t)snprintf(line + ul, sizeof line - ul, " | busy/wait/comm%%");
     for (int w = 0; w < p->world; w++) {
         const double *c = rep->cur + (size_t)w * ST_COUNT, *q = rep->prev + (size_t)w * ST_COUNT;
+        double dt = c[ST_WALL] - q[ST_WALL];
         double busy = dt > 0 ? (c[ST_COMPUTE] - q[ST_COMPUTE]) / dt : 0;
         double wait = dt > 0 ? (c[ST_WAIT] - q[ST_WAIT]) / dt : 0;
         double comm = dt > 0 ? (c[ST_COMM] - q[ST_COMM]) / dt : 0;
@@ -764,9 +737,9 @@ static void expect_inputs(Rank *r, const Action *acts, int n) {
         if (a->kind == ACT_UPDATE) continue;
         Mod *md = find_mod(r, a->module);
         if (a->kind == ACT_FORWARD && !md->spec.has_embed)
-            r->tp->expect(r->tp, md->prev_rank, msg_key(MSG_ACT, a->micro, a->mb), bytes);
+            rank_expect(r, md->prev_rank, msg_key(MSG_ACT, a->micro, a->mb), bytes);
         if (a->kind == ACT_BACKWARD && !md->spec.has_head)
-            r->tp->expect(r->tp, md->next_rank, msg_key(MSG_GRAD, a->micro, a->mb), bytes);
+            rank_expect(r, md->next_rank, msg_key(MSG_GRAD, a->micro, a->mb), bytes);
     }
 }
 
@@ -789,6 +762,7 @@ static void run_step(Rank *r, long t, Action *acts) {
 void pipeline_rank_main(Transport *tp, void *arg) {
     const Plan *p = arg;
     const Config *c = p->cfg;
+    backend_thread_init();
     Rank r;
     rank_init(&r, p, tp);
     Reporter rep;
@@ -796,13 +770,13 @@ void pipeline_rank_main(Transport *tp, void *arg) {
     rep.prev = xcalloc((size_t)p->world * ST_COUNT, sizeof(double));
     rep.cur = xcalloc((size_t)p->world * ST_COUNT, sizeof(double));
     rep.last_loss = NAN;
-    rep.t_prev = now_seconds();
+    long first = ckpt_restore(&r), last = ckpt_last_step(c);
     if (r.rank == 0)
         progress_open(&rep.progress, c->out, p->ds->is_bytes, c->steps,
-                      (long)c->batch_size * c->block_size);
+                      (long)c->batch_size * c->block_size, first);
     Action *acts = xmalloc((size_t)schedule_max_actions(&p->sched) * sizeof(Action));
     long evals = 0;
-    for (long t = 0; t < c->steps; t++) {
+    for (long t = first; t < last; t++) {
         run_step(&r, t, acts);
         long done = t + 1;
         if (done % c->log_every == 0 || done == c->steps) report_progress(&r, &rep, t);
@@ -810,6 +784,20 @@ void pipeline_rank_main(Transport *tp, void *arg) {
             double val = evaluate(&r, evals++);
             if (r.rank == 0) progress_eval(&rep.progress, done, val);
         }
+        if (ckpt_due(c, done)) ckpt_save(&r, done);
+    }
+    if (last < c->steps) { /* stop_after: the checkpoint holds the rest */
+        tp->flush(tp);
+        if (r.rank == 0) {
+            progress_close(&rep.progress);
+            printf("stopped after step %ld of %d (stop_after); continue with resume=latest\n",
+                   last, c->steps);
+        }
+        free(acts);
+        free(rep.prev);
+        free(rep.cur);
+        rank_free(&r);
+        return;
     }
     if (c->steps == 0) gather_stats(&r, &rep, 0);
     double val = evaluate(&r, evals++);

@@ -13,6 +13,8 @@
 #include "settings.h"
 #include "transport.h"
 
+struct CkptResume;
+
 /* What every rank agrees on before training: read-only during the run. */
 typedef struct {
     const Config *cfg;
@@ -25,6 +27,7 @@ typedef struct {
     int pipe_ranks;     /* ranks per pipeline */
     int rows_micro;     /* sequences per replica per micro-batch */
     int replay;         /* activations=replay */
+    const struct CkptResume *resume; /* the checkpoint resumed from, or NULL */
 } Plan;
 
 /* Builds the plan (partition, batch split) for `world` ranks; dies with a

@@ -8,8 +8,9 @@
 #include "common.h"
 
 void progress_open(Progress *p, const char *out_dir, int is_bytes,
-                   long total_steps, long tokens_per_step) {
+                   long total_steps, long tokens_per_step, long first_step) {
     memset(p, 0, sizeof *p);
+    p->first_step = p->step_last = first_step;
     p->is_bytes = is_bytes;
     p->total_steps = total_steps;
     p->tokens_per_step = tokens_per_step;
@@ -17,7 +18,7 @@ void progress_open(Progress *p, const char *out_dir, int is_bytes,
     if (!out_dir) return;
     char path[1024];
     snprintf(path, sizeof path, "%s/metrics.jsonl", out_dir);
-    p->metrics = fopen(path, "w");
+    p->metrics = fopen(path, first_step > 0 ? "a" : "w");
     if (!p->metrics)
         die("%s: cannot create: %s; check out= points to a writable directory",
             path, strerror(errno));
@@ -46,7 +47,8 @@ void progress_train(Progress *p, long step, double loss, double lr,
     long steps = step - p->step_last;
     double tok_s = interval > 0 ? (double)(steps * p->tokens_per_step) / interval : 0;
     double elapsed = now - p->t_start;
-    double eta = step > 0 ? elapsed / (double)step * (double)(p->total_steps - step) : 0;
+    long done = step - p->first_step;
+    double eta = done > 0 ? elapsed / (double)done * (double)(p->total_steps - step) : 0;
     p->t_last = now;
     p->step_last = step;
     char el[32], et[32], bpb[32] = "";
@@ -57,11 +59,17 @@ void progress_train(Progress *p, long step, double loss, double lr,
            step, p->total_steps, loss, bpb, lr, tok_s, el, et, extra ? extra : "");
     fflush(stdout);
     if (!p->metrics) return;
+    /* JSON has no NaN: a loss not known yet (a pipeline still filling) is null */
+    char loss_s[32] = "null", bpb_s[32] = "null";
+    if (isfinite(loss)) {
+        snprintf(loss_s, sizeof loss_s, "%.6f", loss);
+        snprintf(bpb_s, sizeof bpb_s, "%.6f", loss / log(2.0));
+    }
     fprintf(p->metrics,
-            "{\"step\": %ld, \"train_loss\": %.6f, \"lr\": %.6e, "
+            "{\"step\": %ld, \"train_loss\": %s, \"lr\": %.6e, "
             "\"tokens_per_s\": %.1f, \"elapsed_s\": %.3f, \"eta_s\": %.1f",
-            step, loss, lr, tok_s, elapsed, eta);
-    if (p->is_bytes) fprintf(p->metrics, ", \"train_bpb\": %.6f", loss / log(2.0));
+            step, loss_s, lr, tok_s, elapsed, eta);
+    if (p->is_bytes) fprintf(p->metrics, ", \"train_bpb\": %s", bpb_s);
     fprintf(p->metrics, "%s}\n", extra_json ? extra_json : "");
     fflush(p->metrics);
 }

@@ -13,10 +13,12 @@ typedef struct {
     double t_start;     /* run start, seconds */
     double t_last;      /* time of the previous progress line */
     long step_last;     /* step of the previous progress line */
+    long first_step;    /* where this run started: 0, or a resumed step */
 } Progress;
 
+/* A resumed run (first_step > 0) appends to metrics.jsonl. */
 void progress_open(Progress *p, const char *out_dir, int is_bytes,
-                   long total_steps, long tokens_per_step);
+                   long total_steps, long tokens_per_step, long first_step);
 void progress_close(Progress *p);
 /* After `step` (1-based count of completed steps). `extra` is appended to
  * the line as is (e.g. per-rank timings), and `extra_json` (", \"k\": v"

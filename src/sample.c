@@ -5,8 +5,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "checkpoint.h"
 #include "cli.h"
 #include "common.h"
+#include "ops.h"
 #include "rng.h"
 #include "settings.h"
 #include "weights.h"
@@ -84,14 +86,21 @@ void sample_generate(const ParamLayout *pl, const float *params,
 int cmd_sample(int argc, char **argv) {
     Config c;
     if (cli_parse(argc, argv, &c, "sample",
-                  "Generates text from the model a run saved in <out>/model.bin.\n"
-                  "Keys used: out, prompt, sample_tokens, temperature, top_k, seed.") != 0)
+                  "Generates text from the model a run saved in <out>/model.bin, or from\n"
+                  "a checkpoint (checkpoint=DIR: a step, ckpt or run directory).\n"
+                  "Keys used: out, checkpoint, prompt, sample_tokens, temperature, top_k,\n"
+                  "seed.") != 0)
         return 0;
-    char path[1100];
-    snprintf(path, sizeof path, "%s/model.bin", c.out);
+    backend_thread_init();
     GPTConfig g;
     float *params;
-    weights_load(path, &g, &params);
+    if (c.checkpoint[0]) {
+        ckpt_load_model(c.checkpoint, &g, &params, NULL, 0, NULL);
+    } else {
+        char path[1100];
+        snprintf(path, sizeof path, "%s/model.bin", c.out);
+        weights_load(path, &g, &params);
+    }
     ParamLayout pl;
     param_layout_init(&pl, &g);
     int is_bytes = g.vocab_size == 256;

@@ -76,6 +76,12 @@ static int exact_actions(const Schedule *s, long t, int r, Action *out) {
     return n;
 }
 
+/* The first minibatch of delayed training: after the bp warm-up, and not
+ * before a restarted fill (nothing older is in flight then). */
+static long first_delayed(const Schedule *s) {
+    return s->bp_warmup > s->start ? s->bp_warmup : s->start;
+}
+
 /* The paper's algorithm: forward of minibatch t in ring order; module
  * K-1 backpropagates it at once; module m < K-1 backpropagates the delayed
  * gradient of minibatch t - (K-1-m), which arrived in an earlier step.
@@ -85,7 +91,7 @@ static int exact_actions(const Schedule *s, long t, int r, Action *out) {
  * critical path of a step. */
 static int ouroboros_actions(const Schedule *s, long t, int r, Action *out) {
     int n = 0, K = s->K;
-    long first = s->bp_warmup; /* first minibatch of delayed training */
+    long first = first_delayed(s);
     if (r == 0) {
         long d0 = t - (K - 1);
         out[n++] = act(ACT_FORWARD, 0, t, 0);
@@ -107,7 +113,7 @@ static int ouroboros_actions(const Schedule *s, long t, int r, Action *out) {
  * minibatch, t - K + 1. */
 static int pipelined_actions(const Schedule *s, long t, int r, Action *out) {
     int n = 0, K = s->K;
-    long first = s->bp_warmup;
+    long first = first_delayed(s);
     int mods[2];
     int nm = schedule_rank_modules(s, r, mods);
     for (int i = 0; i < nm; i++) {

@@ -31,6 +31,8 @@ typedef struct {
     int replicas;    /* R */
     int micro;       /* micro-batches per minibatch (gpipe), else 1 */
     long bp_warmup;  /* steps of exact backprop before delayed gradients */
+    long start;      /* first minibatch of the pipeline fill: 0, or the step a
+                        resume restarted the fill at (checkpoint.c) */
 } Schedule;
 
 typedef enum { ACT_FORWARD, ACT_BACKWARD, ACT_UPDATE } ActionKind;

@@ -39,6 +39,12 @@
     INT(eval_batches, 8, 1, 1 << 20, "validation batches per evaluation")       \
     INT(log_every, 10, 1, 1 << 30, "progress line every N steps")               \
     STR(out, "runs/latest", "run directory (metrics.jsonl, config)")            \
+    INT(ckpt_every, 0, 0, 1 << 30, "checkpoint into <out>/ckpt every N steps (0: only at the end)") \
+    INT(keep_last, 0, 0, 1 << 30, "checkpoints to keep, oldest pruned first (0: all)") \
+    STR(resume, "", "continue from a checkpoint: latest, auto (latest if any) or a directory") \
+    INT(stop_after, 0, 0, 1 << 30, "end the run after this step, with a checkpoint (0: at steps)") \
+    STR(checkpoint, "", "checkpoint directory to evaluate or sample from (eval, sample)") \
+    ENUM(split, "valid|test", "split that eval measures")                       \
     ENUM(schedule, "single|bp|gpipe|dp|ouroboros|ouroboros-pipelined",          \
          "training schedule (ALGORITHM.md)")                                    \
     INT(replicas, 1, 1, 1 << 20, "data-parallel copies of the pipeline")        \

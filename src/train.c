@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "checkpoint.h"
 #include "cli.h"
 #include "common.h"
 #include "data.h"
@@ -86,7 +87,10 @@ int cmd_train(int argc, char **argv) {
                   "mpirun (mpirun -np P ouroboros train schedule=ouroboros ...: K-1 = P/replicas\n"
                   "ranks per pipeline). Writes <out>/metrics.jsonl, <out>/config.txt and\n"
                   "<out>/model.bin, and ends with the line\n"
-                  "  final step=N train_loss=X val_loss=Y params_sha256=H") != 0)
+                  "  final step=N train_loss=X val_loss=Y params_sha256=H\n"
+                  "Checkpoints (HDF5) go to <out>/ckpt/step-NNNNNNNN every ckpt_every steps and\n"
+                  "at the end; resume=latest continues a run bit for bit (another rank count or\n"
+                  "schedule: by tensor name, the pipeline refilled); stop_after=S ends it early.") != 0)
         return 0;
     Config *c = &cfg;
     int rank = 0, size = 1;
@@ -125,6 +129,8 @@ int cmd_train(int argc, char **argv) {
         plan_print(&plan);
         if (c->emulate) printf("emulation: %d ranks played in this one process\n", world);
     }
+    CkptResume resume; /* resume=: verified, and what each rank restores */
+    ckpt_setup(&plan, &resume, rank);
     MPI_Barrier(MPI_COMM_WORLD); /* directories exist before any rank writes */
     if (size == 1) {
         /* one process: the in-process transport (for emulation, all ranks) */

@@ -24,6 +24,7 @@ typedef enum {
     MSG_EVAL,       /* activations of an evaluation pass */
     MSG_STATS,      /* per-rank statistics to rank 0 */
     MSG_PARAMS,     /* parameters to rank 0 at the end */
+    MSG_CKPT,       /* checkpoint hand-shakes (checkpoint.c) */
 } MsgKind;
 
 typedef struct {

@@ -5,8 +5,7 @@
 . "$(dirname "$0")/lib.sh"
 
 # Small and fast, so a check that wrongly starts training ends quickly.
-BASE="n_layer=3 n_head=2 n_embd=32 block_size=32 batch_size=4 steps=2 \
-sample_tokens=0 out=$TMP/run"
+BASE="n_layer=3 n_head=2 n_embd=32 block_size=32 batch_size=4 steps=2 sample_tokens=0"
 
 # expect_error WHAT NEEDLE command...: the command fails with exactly one
 # stderr line, which contains "error:" and NEEDLE.
@@ -19,7 +18,10 @@ expect_error() {
     grep -qF -- "$needle" "$TMP/err" || fail "$what: '$needle' not in: $(cat "$TMP/err")"
     pass "$what: $(cat "$TMP/err")"
 }
-bad() { what=$1 needle=$2; shift 2; expect_error "$what" "$needle" "$OURO" train $BASE "$@"; }
+bad() {
+    what=$1 needle=$2; shift 2
+    expect_error "$what" "$needle" "$OURO" train $BASE out="$TMP/run" "$@"
+}
 
 bad "unknown key" bogus data="$CORPUS" bogus=1
 bad "negative size" n_layer data="$CORPUS" n_layer=-2
@@ -57,14 +59,14 @@ mkbin "$TMP/bigtoken.bin" '\210\330\064\001'
 bad ".bin token >= vocab_size" "index 1234" data="$TMP/bigtoken.bin" vocab_size=300
 
 # 3 ranks per pipeline hold 4 modules; n_layer=3 blocks.
-EMU="emulate=1 ranks=3 schedule=ouroboros data=$CORPUS"
-bad "partition with too few entries" partition $EMU partition=1,1,1
-bad "partition with the wrong sum" partition $EMU partition=1,1,1,1
+EMU="emulate=1 ranks=3 schedule=ouroboros"
+bad "partition with too few entries" partition $EMU data="$CORPUS" partition=1,1,1
+bad "partition with the wrong sum" partition $EMU data="$CORPUS" partition=1,1,1,1
 
 # `single` is one process; under mpirun every rank must refuse it. mpirun
 # adds its own lines, so only the status and our message are checked.
 need_mpi
-if "$MPIRUN" -np 2 "$OURO" train $BASE data="$CORPUS" schedule=single \
+if "$MPIRUN" -np 2 "$OURO" train $BASE out="$TMP/run" data="$CORPUS" schedule=single \
     >"$TMP/mpi.log" 2>&1; then
     fail "schedule=single under mpirun -np 2: exited 0"
 fi

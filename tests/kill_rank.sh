@@ -32,13 +32,15 @@ until grep -q '^step ' "$LOG"; do
     sleep 1
 done
 
-# The rank of a process, from the environment Open MPI gives it.
+# The rank of a process, from the environment the launcher gives it
+# (Open MPI, else MPICH).
 rank_of() {
-    tr '\0' '\n' <"/proc/$1/environ" 2>/dev/null | sed -n 's/^OMPI_COMM_WORLD_RANK=//p'
+    tr '\0' '\n' <"/proc/$1/environ" 2>/dev/null |
+        sed -nE 's/^(OMPI_COMM_WORLD_RANK|PMI_RANK)=//p' | head -n 1
 }
 victim=
 for p in $(job_pids); do
-    [ "$(rank_of "$p")" = 2 ] && victim=$p
+    if [ "$(rank_of "$p")" = 2 ]; then victim=$p; fi
 done
 [ -n "$victim" ] || fail "could not find the process of rank 2 among: $(job_pids)"
 
@@ -47,7 +49,10 @@ start=$(date +%s)
 while kill -0 "$MPI_PID" 2>/dev/null && [ $(($(date +%s) - start)) -le "$LIMIT" ]; do
     sleep 1
 done
-kill -0 "$MPI_PID" 2>/dev/null && { tail -n 20 "$LOG"; fail "mpirun still running $LIMIT s after rank 2 was killed"; }
+if kill -0 "$MPI_PID" 2>/dev/null; then
+    tail -n 20 "$LOG"
+    fail "mpirun still running $LIMIT s after rank 2 was killed"
+fi
 status=0
 wait "$MPI_PID" || status=$?
 took=$(($(date +%s) - start))

@@ -1,0 +1,62 @@
+/* rank.h - one rank's training state, as the executor (pipeline.c) keeps
+ * it between and during steps. Shared with checkpoint.c, which saves and
+ * restores exactly these fields; anything added here that survives a step
+ * boundary belongs in the checkpoint too (see the format in checkpoint.c). */
+#ifndef OURO_RANK_H
+#define OURO_RANK_H
+
+#include <stdio.h>
+
+#include "inbox.h"
+#include "pipeline.h"
+
+typedef struct {
+    int m;
+    ModuleSpec spec;
+    int first_tensor, last_tensor;
+    int prev_rank, next_rank; /* world ranks of the neighbour modules, or -1 */
+    int n_slots;
+    ModuleActs **acts;        /* store: n_slots sets; replay: one */
+    ModuleActs *eval_acts;    /* store: the set evaluation uses */
+    long *slot_key;           /* (mb * micro + u) each set holds */
+    float **inputs;           /* replay: the stored input of each slot */
+    long work_key;            /* replay: which forward acts[0] holds, or -1 */
+    long work_version;        /* replay: weights version of that forward */
+    float *in_buf, *dout_buf, *dx_buf;
+    int touched;              /* has a gradient to apply this step */
+} Mod;
+
+typedef struct {
+    long mb;
+    int32_t *inputs, *targets;
+} BatchSlot;
+
+typedef struct Rank {
+    const Plan *plan;
+    Transport *tp;
+    int rank, replica, prank;
+    int n_mods;
+    Mod mods[2];
+    float *params, *grads, *opt_m, *opt_v;
+    long *tensor_updates;
+    long version;             /* bumped by every update */
+    int n_ring;
+    BatchSlot *ring;
+    Inbox inbox;              /* messages received ahead of their step (checkpoints) */
+    double t_start;           /* when this rank started, on its own clock */
+    double compute_s;
+    double loss;              /* this replica's share of the step's mean loss */
+    int have_loss;
+    FILE *trace;
+} Rank;
+
+static inline int world_rank_of(const Rank *r, int pipe_rank) {
+    return r->replica * r->plan->pipe_ranks + pipe_rank;
+}
+
+/* Floats in one activation message (one micro-batch of this replica). */
+static inline size_t act_floats(const Rank *r) {
+    return (size_t)r->plan->rows_micro * r->plan->cfg->block_size * r->plan->pl->cfg.n_embd;
+}
+
+#endif
