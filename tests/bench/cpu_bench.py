@@ -110,6 +110,7 @@ def main():
     a = ap.parse_args()
     secs = 2.0 if a.quick else a.seconds
 
+    load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="ouro_bench_") as tmp:
         reps = 3 if a.quick else 10
         limit = sgemm_limit(tmp, reps)
@@ -140,9 +141,15 @@ def main():
     def f(x, fmt):
         return format(x, fmt) if x is not None else "-"
 
+    load1 = os.getloadavg()[0]
     sys.stderr.flush()
     print(f"\nsgemm limit (1 thread): {limit / 1e9:.1f} GFLOP/s; "
           f"T={BLOCK} B={BATCH} V={VOCAB}; {FLOPS_NOTE}")
+    print(f"load average (1 min): {load0:.2f} before, {load1:.2f} after, "
+          f"on {os.cpu_count()} CPUs")
+    if max(load0, load1 - 1.0) > 0.5:
+        print("warning: the machine was busy; the limit and both rates are "
+              "understated and noisy (try --repeat 3 on a quiet machine)")
     print(f"{'config':<16} {'MFLOP/tok':>9} {'ours tok/s':>10} "
           f"{'torch tok/s':>11} {'ours/torch':>10} {'ours %lim':>9} "
           f"{'torch %lim':>10}")
