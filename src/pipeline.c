@@ -26,6 +26,7 @@
 #include "progress.h"
 #include "rank.h"
 #include "sample.h"
+#include "signals.h"
 #include "weights.h"
 
 /* ---------------------------------------------------------------- plan */
@@ -730,6 +731,19 @@ static void finish_on_rank0(Rank *r, Reporter *rep, double val) {
 
 /* ---------------------------------------------------------------- main loop */
 
+/* Did any rank get the stop signal? The ranks agree after every step (a
+ * one-number reduction over the world), so they all stop after the same
+ * step, where a checkpoint can hold the whole run. */
+static int stop_requested(Rank *r, long t) {
+    int world = r->plan->world;
+    int *group = xmalloc((size_t)world * sizeof(int));
+    for (int i = 0; i < world; i++) group[i] = i;
+    double flag = stop_signal_received() ? 1.0 : 0.0;
+    ordered_allreduce(r, group, world, &flag, 1, 1, msg_key(MSG_REDUCE, 62, t));
+    free(group);
+    return flag > 0.0;
+}
+
 static void expect_inputs(Rank *r, const Action *acts, int n) {
     size_t bytes = act_floats(r) * sizeof(float);
     for (int i = 0; i < n; i++) {
@@ -784,14 +798,20 @@ void pipeline_rank_main(Transport *tp, void *arg) {
             double val = evaluate(&r, evals++);
             if (r.rank == 0) progress_eval(&rep.progress, done, val);
         }
-        if (ckpt_due(c, done)) ckpt_save(&r, done);
+        int stop = stop_requested(&r, t);
+        if (ckpt_due(c, done) || (stop && done < c->steps)) ckpt_save(&r, done);
+        if (stop && done < c->steps) {
+            last = done;
+            break;
+        }
     }
-    if (last < c->steps) { /* stop_after: the checkpoint holds the rest */
+    if (last < c->steps) { /* stop_after or a signal: the checkpoint holds the rest */
         tp->flush(tp);
         if (r.rank == 0) {
             progress_close(&rep.progress);
-            printf("stopped after step %ld of %d (stop_after); continue with resume=latest\n",
-                   last, c->steps);
+            printf("stopped after step %ld of %d (%s); continue with resume=latest\n", last,
+                   c->steps, stop_signal_received() ? "SIGUSR1" : "stop_after");
+            fflush(stdout);
         }
         free(acts);
         free(rep.prev);

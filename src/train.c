@@ -18,6 +18,7 @@
 #include "model.h"
 #include "pipeline.h"
 #include "settings.h"
+#include "signals.h"
 #include "transport.h"
 
 #ifdef HAVE_OPENBLAS_SET_NUM_THREADS
@@ -95,6 +96,7 @@ int cmd_train(int argc, char **argv) {
     Config *c = &cfg;
     int rank = 0, size = 1;
     MPI_Init(NULL, NULL);
+    stop_signal_install(); /* after MPI_Init, which may install its own handlers */
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
     if (size > 1) {

@@ -1,0 +1,14 @@
+/* signals.h - stopping a run cleanly on a signal.
+ *
+ * SIGUSR1 (what a Slurm job asks for before its time limit with
+ * --signal, and what mpirun and srun pass on to the ranks) asks the run to
+ * stop: the ranks agree on the step to stop after, write a checkpoint
+ * there and exit, and `resume=latest` continues the run bit for bit. */
+#ifndef OURO_SIGNALS_H
+#define OURO_SIGNALS_H
+
+void stop_signal_install(void);
+/* The signal number received since install, or 0. */
+int stop_signal_received(void);
+
+#endif
