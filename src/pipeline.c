@@ -810,7 +810,7 @@ void pipeline_rank_main(Transport *tp, void *arg) {
         if (r.rank == 0) {
             progress_close(&rep.progress);
             printf("stopped after step %ld of %d (%s); continue with resume=latest\n", last,
-                   c->steps, stop_signal_received() ? "SIGUSR1" : "stop_after");
+                   c->steps, stop_signal_received() ? stop_signal_name() : "stop_after");
             fflush(stdout);
         }
         free(acts);

@@ -17,6 +17,11 @@ void stop_signal_install(void) {
     sigemptyset(&sa.sa_mask);
     sa.sa_flags = SA_RESTART;
     sigaction(SIGUSR1, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
 }
 
 int stop_signal_received(void) { return received; }
+
+const char *stop_signal_name(void) {
+    return received == SIGTERM ? "SIGTERM" : received == SIGUSR1 ? "SIGUSR1" : "no signal";
+}
