@@ -215,8 +215,7 @@ void data_default_corpus(uint8_t **out, size_t *n, char *provenance,
 /* Sources: reading and validating one file                               */
 /* ---------------------------------------------------------------------- */
 
-/* Resolves format for one file: "auto" goes by the .bin suffix. */
-static int wants_bin(const char *format, const char *path) {
+int data_is_token_shard(const char *format, const char *path) {
     if (!is_set(format) || !strcmp(format, "auto"))
         return has_suffix(path, ".bin");
     if (!strcmp(format, "bin")) return 1;
@@ -313,7 +312,7 @@ static void load_source(Source *s, const char *role, const char *path,
     s->role = role;
     s->name = path;
     int is_default = !strcmp(role, "data") && !strcmp(path, "default");
-    s->is_bin = wants_bin(spec->format, is_default ? "" : path);
+    s->is_bin = data_is_token_shard(spec->format, is_default ? "" : path);
     if (is_default && s->is_bin)
         die("data default: the default corpus is byte-level text; use "
             "format=auto or format=bytes, or pass data=FILE.bin");

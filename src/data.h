@@ -50,6 +50,11 @@ typedef struct {
     int min_tokens;         /* each split needs at least this many (T+1) */
 } DatasetSpec;
 
+/* Is `path` read as an llm.c .bin token shard under `format`? "auto"
+ * goes by the .bin suffix. The one rule for the loader and for callers
+ * that must know the format before the data is read. */
+int data_is_token_shard(const char *format, const char *path);
+
 /* Loads a dataset or dies with a one-line error naming the file and what
  * is wrong (missing, empty, too short, bad header, token out of range
  * with its offset). "default" assembles the built-in corpus (see

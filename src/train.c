@@ -54,11 +54,7 @@ static void write_resolved_config(const Config *c) {
     fclose(f);
 }
 
-static int data_is_bin(const Config *c) {
-    size_t n = strlen(c->data);
-    return strcmp(c->data_format, "bin") == 0 ||
-           (strcmp(c->data_format, "auto") == 0 && n > 4 && strcmp(c->data + n - 4, ".bin") == 0);
-}
+static int data_is_bin(const Config *c) { return data_is_token_shard(c->data_format, c->data); }
 
 /* Only the coordinator (world rank 0) reads the data. */
 static void load_data(Dataset *ds, const Config *c, int rank) {
