@@ -713,16 +713,9 @@ static void finish_on_rank0(Rank *r, Reporter *rep, double val) {
     weights_save(path, p->pl, r->params);
     params_sha256(p->pl, r->params, sha);
     if (c->sample_tokens > 0) {
-        int is_bytes = p->ds->is_bytes;
-        int n_prompt = is_bytes ? (int)strlen(c->prompt) : 0;
-        int32_t *prompt = xmalloc((size_t)(n_prompt + 1) * sizeof(int32_t));
-        for (int i = 0; i < n_prompt; i++) prompt[i] = (unsigned char)c->prompt[i];
-        SampleSpec s = {c->sample_tokens, c->temperature, c->top_k, (uint64_t)c->seed};
         printf("sample (temperature %.2f, top-k %d):\n-----\n", c->temperature, c->top_k);
-        if (is_bytes) fputs(c->prompt, stdout);
-        sample_generate(p->pl, r->params, prompt, n_prompt, &s, is_bytes, stdout);
+        sample_from_config(p->pl, r->params, c, p->ds->is_bytes, stdout);
         printf("-----\n");
-        free(prompt);
     }
     printf("final step=%d train_loss=%.6f val_loss=%.6f params_sha256=%s\n", c->steps,
            rep->last_loss, val, sha);

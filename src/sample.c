@@ -83,6 +83,18 @@ void sample_generate(const ParamLayout *pl, const float *params,
     module_acts_free(a);
 }
 
+void sample_from_config(const ParamLayout *pl, const float *params, const Config *c,
+                        int is_bytes, FILE *f) {
+    /* a text prompt needs a byte-level model */
+    int n_prompt = is_bytes ? (int)strlen(c->prompt) : 0;
+    int32_t *prompt = xmalloc((size_t)(n_prompt + 1) * sizeof(int32_t));
+    for (int i = 0; i < n_prompt; i++) prompt[i] = (unsigned char)c->prompt[i];
+    SampleSpec s = {c->sample_tokens, c->temperature, c->top_k, (uint64_t)c->seed};
+    if (is_bytes) fputs(c->prompt, f);
+    sample_generate(pl, params, prompt, n_prompt, &s, is_bytes, f);
+    free(prompt);
+}
+
 int cmd_sample(int argc, char **argv) {
     Config c;
     if (cli_parse(argc, argv, &c, "sample",
@@ -103,15 +115,7 @@ int cmd_sample(int argc, char **argv) {
     }
     ParamLayout pl;
     param_layout_init(&pl, &g);
-    int is_bytes = g.vocab_size == 256;
-    int n_prompt = (int)strlen(c.prompt);
-    int32_t *prompt = xmalloc((size_t)(n_prompt + 1) * sizeof(int32_t));
-    for (int i = 0; i < n_prompt; i++) prompt[i] = (unsigned char)c.prompt[i];
-    if (!is_bytes) n_prompt = 0; /* text prompts need a byte-level model */
-    SampleSpec s = {c.sample_tokens, c.temperature, c.top_k, (uint64_t)c.seed};
-    if (is_bytes) fputs(c.prompt, stdout);
-    sample_generate(&pl, params, prompt, n_prompt, &s, is_bytes, stdout);
-    free(prompt);
+    sample_from_config(&pl, params, &c, g.vocab_size == 256, stdout);
     free(params);
     param_layout_free(&pl);
     return 0;

@@ -6,6 +6,7 @@
 #include <stdio.h>
 
 #include "model.h"
+#include "settings.h"
 
 typedef struct {
     int n_new;          /* tokens to generate */
@@ -19,6 +20,12 @@ typedef struct {
 void sample_generate(const ParamLayout *pl, const float *params,
                      const int32_t *prompt, int n_prompt, const SampleSpec *s,
                      int is_bytes, FILE *f);
+
+/* Samples with the settings of a config (prompt, sample_tokens,
+ * temperature, top_k, seed): a byte-level model continues the prompt,
+ * which is printed first; other models start from token 0. */
+void sample_from_config(const ParamLayout *pl, const float *params, const Config *c,
+                        int is_bytes, FILE *f);
 
 /* `ouroboros sample`: generates from <out>/model.bin. */
 int cmd_sample(int argc, char **argv);
