@@ -76,7 +76,10 @@
  *   /inflight/acts/m<M>-s<I>    fp32: store mode, the saved forward of
  *                           slot I: its activations and, under delayed
  *                           gradients, the weights it used (opaque, written
- *                           and read by model.c module_acts_export/import)
+ *                           and read by the backend's acts_export/import:
+ *                           model.c's layout on the CPU, backend_cuda.c's
+ *                           on a GPU; restored only on the same device and
+ *                           precision, else the pipeline refills)
  *   /inflight/inputs/m<M>-s<I>  fp32 [rows*T*C]: replay mode, the saved
  *                           input of slot I (modules without embedding)
  *   /inflight/messages/<i>  fp32: activations and gradients already sent

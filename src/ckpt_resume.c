@@ -84,11 +84,35 @@ static void plan_partition(const Plan *p, char *out, size_t n) {
     else partition_format(&p->part, out, n);
 }
 
-/* Would the in-flight state of m restore into this plan's ranks? */
+/* Is key=value (value `now`) in the writing run's config text? A key the
+ * writer did not know counts as its default, dflt. */
+static int config_text_has(const char *text, const char *key, const char *now,
+                           const char *dflt) {
+    char want[128];
+    snprintf(want, sizeof want, "%s=", key);
+    size_t wl = strlen(want);
+    const char *val = dflt;
+    size_t vlen = strlen(dflt);
+    for (const char *line = text; line && *line; line = strchr(line, '\n')) {
+        if (*line == '\n') line++;
+        if (strncmp(line, want, wl) == 0) {
+            val = line + wl;
+            vlen = strcspn(val, "\n");
+            break;
+        }
+    }
+    return strlen(now) == vlen && strncmp(val, now, vlen) == 0;
+}
+
+/* Would the in-flight state of m restore into this plan's ranks? Saved
+ * forwards are in the backend's own format, so the device and precision
+ * must match too. */
 static int same_layout(const Plan *p, const CkptManifest *m) {
     char part[512];
     plan_partition(p, part, sizeof part);
-    return m->world == p->world && m->K == p->sched.K && m->replicas == p->sched.replicas &&
+    return config_text_has(m->config, "device", p->cfg->device, "cpu") &&
+           config_text_has(m->config, "precision", p->cfg->precision, "auto") &&
+           m->world == p->world && m->K == p->sched.K && m->replicas == p->sched.replicas &&
            strcmp(m->partition, part) == 0 &&
            strcmp(m->schedule, schedule_name(p->sched.kind)) == 0 &&
            strcmp(m->activations, p->replay ? "replay" : "store") == 0 &&
@@ -311,16 +335,21 @@ static void load_slots(Rank *r, hid_t f, const char *path) {
         for (int i = 0; i < md->n_slots; i++) {
             md->slot_key[i] = keys[i];
             if (keys[i] < 0) continue;
+            Backend *be = r->be;
             if (!p->replay) {
-                size_t n = module_acts_state_floats(p->pl, md->acts[i]);
+                size_t n = be->acts_state_floats(be, p->pl, md->acts[i]);
                 float *buf = xmalloc(n * sizeof(float));
                 snprintf(obj, sizeof obj, "inflight/acts/m%d-s%d", md->m, i);
                 read_exact(f, path, obj, buf, n);
-                module_acts_import(p->pl, md->acts[i], buf);
+                be->acts_import(be, p->pl, md->acts[i], buf);
                 free(buf);
             } else if (md->inputs[i]) {
+                size_t n = act_floats(r);
+                float *buf = xmalloc(n * sizeof(float));
                 snprintf(obj, sizeof obj, "inflight/inputs/m%d-s%d", md->m, i);
-                read_exact(f, path, obj, md->inputs[i], act_floats(r));
+                read_exact(f, path, obj, buf, n);
+                be->upload(be, md->inputs[i], buf, n);
+                free(buf);
             }
         }
         md->work_key = -1; /* replay recomputes: the same numbers */

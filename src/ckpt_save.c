@@ -64,7 +64,7 @@ static void collect_one(const InflightMsg *im, void *arg) {
     if (inbox_has(&r->inbox, src, key)) return; /* taken at an earlier checkpoint */
     size_t bytes = act_floats(r) * sizeof(float);
     float *buf = xmalloc(bytes);
-    r->tp->recv(r->tp, src, key, buf, bytes);
+    rank_recv_to_host(r, src, key, buf, act_floats(r));
     inbox_put(&r->inbox, src, key, buf, bytes);
     free(buf);
 }
@@ -122,18 +122,23 @@ static int write_slots(const Rank *r, hid_t f, long done) {
             keys[i] = slot_in_flight(r, md, i, done) ? md->slot_key[i] : -1;
             if (keys[i] < 0) continue;
             char name[64];
+            Backend *be = r->be;
             if (!p->replay) {
-                size_t n = module_acts_state_floats(p->pl, md->acts[i]);
+                size_t n = be->acts_state_floats(be, p->pl, md->acts[i]);
                 float *buf = xmalloc(n * sizeof(float));
-                module_acts_export(p->pl, md->acts[i], buf);
+                be->acts_export(be, p->pl, md->acts[i], buf);
                 hsize_t d = n;
                 snprintf(name, sizeof name, "inflight/acts/m%d-s%d", md->m, i);
                 bad |= h5_write_f32(f, name, 1, &d, buf);
                 free(buf);
             } else if (md->inputs[i]) {
-                hsize_t d = act_floats(r);
+                size_t n = act_floats(r);
+                float *buf = xmalloc(n * sizeof(float));
+                be->download(be, buf, md->inputs[i], n);
+                hsize_t d = n;
                 snprintf(name, sizeof name, "inflight/inputs/m%d-s%d", md->m, i);
-                bad |= h5_write_f32(f, name, 1, &d, md->inputs[i]);
+                bad |= h5_write_f32(f, name, 1, &d, buf);
+                free(buf);
             }
         }
         char name[64];

@@ -126,13 +126,14 @@ static void mod_init(Rank *r, Mod *md, int m) {
     md->next_rank = m < s->K - 1 ? world_rank_of(r, schedule_module_rank(s, m + 1)) : -1;
     md->n_slots = schedule_inflight(s, m);
     int sets = p->replay ? 1 : md->n_slots;
-    md->acts = xcalloc((size_t)sets, sizeof(ModuleActs *));
-    for (int i = 0; i < sets; i++) md->acts[i] = module_acts_create(p->pl, &md->spec, rows, T);
+    Backend *be = r->be;
+    md->acts = xcalloc((size_t)sets, sizeof(BackendActs *));
+    for (int i = 0; i < sets; i++) md->acts[i] = be->acts_create(be, p->pl, &md->spec, rows, T);
     /* store under delayed gradients: the backward of a minibatch runs after
      * updates, and must use the weights of its forward (ALGORITHM.md 5) */
     int delayed = s->kind == SCHED_OUROBOROS || s->kind == SCHED_OUROBOROS_PIPELINED;
     if (!p->replay && delayed && m < s->K - 1)
-        for (int i = 0; i < sets; i++) module_acts_keep_weights(p->pl, md->acts[i]);
+        for (int i = 0; i < sets; i++) be->acts_keep_weights(be, p->pl, md->acts[i]);
     md->work_key = -1;
     md->slot_key = xcalloc((size_t)md->n_slots, sizeof(long));
     for (int i = 0; i < md->n_slots; i++) md->slot_key[i] = -1;
@@ -140,44 +141,125 @@ static void mod_init(Rank *r, Mod *md, int m) {
     if (p->replay) {
         md->inputs = xcalloc((size_t)md->n_slots, sizeof(float *));
         if (!md->spec.has_embed)
-            for (int i = 0; i < md->n_slots; i++) md->inputs[i] = xcalloc(n, sizeof(float));
+            for (int i = 0; i < md->n_slots; i++) md->inputs[i] = be->alloc(be, n);
     }
-    md->in_buf = xcalloc(n, sizeof(float));
-    md->dout_buf = xcalloc(n, sizeof(float));
-    md->dx_buf = xcalloc(n, sizeof(float));
+    md->in_buf = be->alloc(be, n);
+    md->dout_buf = be->alloc(be, n);
+    md->dx_buf = be->alloc(be, n);
     param_init(p->pl, r->params, (uint64_t)p->cfg->seed, md->first_tensor, md->last_tensor);
 }
 
-static void mod_free(const Plan *p, Mod *md) {
+static void mod_free(const Plan *p, Backend *be, Mod *md) {
     int sets = p->replay ? 1 : md->n_slots;
-    for (int i = 0; i < sets; i++) module_acts_free(md->acts[i]);
-    module_acts_free(md->eval_acts);
+    for (int i = 0; i < sets; i++) be->acts_free(be, md->acts[i]);
+    if (md->eval_acts) be->acts_free(be, md->eval_acts);
     if (md->inputs) {
-        for (int i = 0; i < md->n_slots; i++) free(md->inputs[i]);
+        for (int i = 0; i < md->n_slots; i++)
+            if (md->inputs[i]) be->release(be, md->inputs[i]);
         free(md->inputs);
     }
     free(md->acts);
     free(md->slot_key);
-    free(md->in_buf);
-    free(md->dout_buf);
-    free(md->dx_buf);
+    be->release(be, md->in_buf);
+    be->release(be, md->dout_buf);
+    be->release(be, md->dx_buf);
 }
 
-static void rank_init(Rank *r, const Plan *p, Transport *tp) {
-    memset(r, 0, sizeof *r);
-    r->plan = p;
-    r->tp = tp;
-    r->rank = tp->rank;
-    r->replica = tp->rank / p->pipe_ranks;
-    r->prank = tp->rank % p->pipe_ranks;
-    r->t_start = now_seconds();
-    size_t n = p->pl->n_params;
+/* The parameter ranges [lo, hi) of the modules this rank holds (a head
+ * reads wte, which the embedding module beside it owns). */
+static int owned_ranges(const Plan *p, int prank, size_t *lo, size_t *hi) {
+    int mods[2];
+    int n = schedule_rank_modules(&p->sched, prank, mods);
+    for (int i = 0; i < n; i++) {
+        ModuleSpec ms = p->sched.K == 1 ? (ModuleSpec){1, 0, p->pl->cfg.n_layer, 1}
+                                        : partition_module(&p->part, mods[i]);
+        module_param_range(p->pl, &ms, &lo[i], &hi[i]);
+    }
+    return n;
+}
+
+/* Parameter-shaped state: on the CPU backend the host buffers are the
+ * backend's; a GPU keeps its own (backed only under this rank's slices)
+ * and a host copy for checkpoints and the end of the run. */
+static void rank_alloc_state(Rank *r) {
+    const Plan *p = r->plan;
+    Backend *be = r->be;
+    size_t n = p->pl->n_params, lo[2], hi[2];
+    int k = owned_ranges(p, r->prank, lo, hi);
     /* Full-size buffers addressed by the global offsets; only this rank's
      * slices are ever written, so the rest stays untouched, unmapped. */
+    r->d_params = be->alloc_sparse(be, n, lo, hi, k);
+    r->d_grads = be->alloc_sparse(be, n, lo, hi, k);
+    r->d_opt_m = be->alloc_sparse(be, n, lo, hi, k);
+    r->d_opt_v = be->alloc_sparse(be, n, lo, hi, k);
+    if (be->host_memory) {
+        r->params = r->d_params;
+        r->grads = r->d_grads;
+        r->opt_m = r->d_opt_m;
+        r->opt_v = r->d_opt_v;
+        return;
+    }
     r->params = xcalloc(n, sizeof(float));
     r->grads = xcalloc(n, sizeof(float));
     r->opt_m = xcalloc(n, sizeof(float));
     r->opt_v = xcalloc(n, sizeof(float));
+    r->stage = xcalloc(act_floats(r), sizeof(float));
+    r->d_stage = be->alloc(be, act_floats(r));
+}
+
+static void rank_free_state(Rank *r) {
+    Backend *be = r->be;
+    if (!be->host_memory) {
+        free(r->params);
+        free(r->grads);
+        free(r->opt_m);
+        free(r->opt_v);
+        free(r->stage);
+        be->release(be, r->d_stage);
+    }
+    be->release(be, r->d_params);
+    be->release(be, r->d_grads);
+    be->release(be, r->d_opt_m);
+    be->release(be, r->d_opt_v);
+}
+
+/* The owned slices of params and optimizer state (gradients are zero at
+ * every step boundary, where these run). */
+static void rank_state_copy(Rank *r, int to_host) {
+    Backend *be = r->be;
+    if (be->host_memory) return;
+    const ParamLayout *pl = r->plan->pl;
+    float *host[3] = {r->params, r->opt_m, r->opt_v};
+    float *dev[3] = {r->d_params, r->d_opt_m, r->d_opt_v};
+    for (int k = 0; k < r->n_mods; k++) {
+        const Mod *md = &r->mods[k];
+        size_t lo = pl->tensors[md->first_tensor].offset;
+        size_t hi = md->last_tensor < pl->n_tensors ? pl->tensors[md->last_tensor].offset
+                                                    : pl->n_params;
+        for (int b = 0; b < 3; b++) {
+            if (to_host)
+                be->download(be, host[b] + lo, dev[b] + lo, hi - lo);
+            else
+                be->upload(be, dev[b] + lo, host[b] + lo, hi - lo);
+        }
+        if (!to_host)
+            be->params_loaded(be, pl, r->d_params, md->first_tensor, md->last_tensor);
+    }
+}
+
+void rank_state_to_host(Rank *r) { rank_state_copy(r, 1); }
+void rank_state_to_device(Rank *r) { rank_state_copy(r, 0); }
+
+static void rank_init(Rank *r, const Plan *p, Transport *tp, Backend *be) {
+    memset(r, 0, sizeof *r);
+    r->plan = p;
+    r->tp = tp;
+    r->be = be;
+    r->rank = tp->rank;
+    r->replica = tp->rank / p->pipe_ranks;
+    r->prank = tp->rank % p->pipe_ranks;
+    r->t_start = now_seconds();
+    rank_alloc_state(r);
     r->tensor_updates = xcalloc((size_t)p->pl->n_tensors, sizeof(long));
     int mods[2];
     r->n_mods = schedule_rank_modules(&p->sched, r->prank, mods);
@@ -199,16 +281,13 @@ static void rank_init(Rank *r, const Plan *p, Transport *tp) {
 }
 
 static void rank_free(Rank *r) {
-    for (int i = 0; i < r->n_mods; i++) mod_free(r->plan, &r->mods[i]);
+    for (int i = 0; i < r->n_mods; i++) mod_free(r->plan, r->be, &r->mods[i]);
     for (int i = 0; i < r->n_ring; i++) {
         free(r->ring[i].inputs);
         free(r->ring[i].targets);
     }
     free(r->ring);
-    free(r->params);
-    free(r->grads);
-    free(r->opt_m);
-    free(r->opt_v);
+    rank_free_state(r);
     free(r->tensor_updates);
     inbox_clear(&r->inbox);
     if (r->trace) fclose(r->trace);
@@ -220,13 +299,53 @@ static Mod *find_mod(Rank *r, int m) {
     die("schedule bug: module %d is not on this rank", m + 1);
 }
 
-/* Activations and gradients: a checkpoint may have received them ahead
- * of their step (or a resume restored them) into the inbox. */
-static void rank_recv(Rank *r, int src, MsgKey key, void *buf, size_t bytes) {
-    if (!inbox_take(&r->inbox, src, key, buf, bytes)) r->tp->recv(r->tp, src, key, buf, bytes);
+/* Activations and their gradients: n floats of backend memory. On the
+ * CPU they go straight to the transport; from a GPU through the device
+ * transport when there is one (NCCL), else staged through host memory. */
+static void rank_send(Rank *r, int dst, MsgKey key, const float *buf, size_t n) {
+    Transport *tp = r->tp;
+    Backend *be = r->be;
+    if (be->host_memory) {
+        tp->send(tp, dst, key, buf, n * sizeof(float));
+    } else if (tp->send_device) {
+        tp->send_device(tp, dst, key, buf, n * sizeof(float));
+    } else {
+        be->download(be, r->stage, buf, n);
+        tp->send(tp, dst, key, r->stage, n * sizeof(float));
+    }
 }
 
+/* A checkpoint may have received the message ahead of its step (or a
+ * resume restored it) into the inbox, which holds host memory. */
+static void rank_recv(Rank *r, int src, MsgKey key, float *buf, size_t n) {
+    Transport *tp = r->tp;
+    Backend *be = r->be;
+    size_t bytes = n * sizeof(float);
+    if (be->host_memory) {
+        if (!inbox_take(&r->inbox, src, key, buf, bytes)) tp->recv(tp, src, key, buf, bytes);
+    } else if (inbox_take(&r->inbox, src, key, r->stage, bytes)) {
+        be->upload(be, buf, r->stage, n);
+    } else if (tp->recv_device) {
+        tp->recv_device(tp, src, key, buf, bytes);
+    } else {
+        tp->recv(tp, src, key, r->stage, bytes);
+        be->upload(be, buf, r->stage, n);
+    }
+}
+
+void rank_recv_to_host(Rank *r, int src, MsgKey key, float *host_buf, size_t n) {
+    Transport *tp = r->tp;
+    if (r->be->host_memory || !tp->recv_device) {
+        tp->recv(tp, src, key, host_buf, n * sizeof(float));
+        return;
+    }
+    tp->recv_device(tp, src, key, r->d_stage, n * sizeof(float));
+    r->be->download(r->be, host_buf, r->d_stage, n);
+}
+
+/* Lets MPI post the receive early. A device transport posts its own. */
 static void rank_expect(Rank *r, int src, MsgKey key, size_t bytes) {
+    if (r->tp->recv_device && !r->be->host_memory) return;
     if (!inbox_has(&r->inbox, src, key)) r->tp->expect(r->tp, src, key, bytes);
 }
 
@@ -275,7 +394,7 @@ static void trace_action(Rank *r, long t, const char *what, int m, long mb, int 
             m + 1, mb, u);
 }
 
-static const float *run_forward(Rank *r, Mod *md, ModuleActs *a, long mb, int u,
+static const float *run_forward(Rank *r, Mod *md, BackendActs *a, long mb, int u,
                                 const float *x_in) {
     const Plan *p = r->plan;
     int rows = p->rows_micro, T = p->cfg->block_size;
@@ -287,7 +406,7 @@ static const float *run_forward(Rank *r, Mod *md, ModuleActs *a, long mb, int u,
         targets = md->spec.has_head ? b->targets + off : NULL;
     }
     double t0 = now_seconds();
-    const float *out = module_forward(p->pl, r->params, &md->spec, a, tokens,
+    const float *out = r->be->forward(r->be, p->pl, r->d_params, &md->spec, a, tokens,
                                       md->spec.has_embed ? NULL : x_in, targets, rows, T);
     r->compute_s += now_seconds() - t0;
     return out;
@@ -302,10 +421,9 @@ static void action_forward(Rank *r, long t, const Action *ac) {
     float *x_in = NULL;
     if (!md->spec.has_embed) {
         x_in = p->replay ? md->inputs[slot] : md->in_buf;
-        rank_recv(r, md->prev_rank, msg_key(MSG_ACT, ac->micro, ac->mb), x_in,
-                    n * sizeof(float));
+        rank_recv(r, md->prev_rank, msg_key(MSG_ACT, ac->micro, ac->mb), x_in, n);
     }
-    ModuleActs *a = md->acts[p->replay ? 0 : slot];
+    BackendActs *a = md->acts[p->replay ? 0 : slot];
     const float *out = run_forward(r, md, a, ac->mb, ac->micro, x_in);
     md->slot_key[slot] = key;
     md->work_key = key;
@@ -313,12 +431,11 @@ static void action_forward(Rank *r, long t, const Action *ac) {
     trace_action(r, t, "fwd", ac->module, ac->mb, ac->micro);
     if (md->spec.has_head) {
         /* this micro-batch's share of the minibatch mean */
-        r->loss += module_loss(a) * (double)p->rows_micro / p->cfg->batch_size;
+        r->loss += r->be->loss(r->be, a) * (double)p->rows_micro / p->cfg->batch_size;
         r->have_loss = 1;
     } else if (schedule_step_of(&p->sched, ACT_FORWARD, ac->module + 1, ac->mb) <
                p->cfg->steps) {
-        r->tp->send(r->tp, md->next_rank, msg_key(MSG_ACT, ac->micro, ac->mb), out,
-                    n * sizeof(float));
+        rank_send(r, md->next_rank, msg_key(MSG_ACT, ac->micro, ac->mb), out, n);
     }
 }
 
@@ -332,9 +449,8 @@ static void action_backward(Rank *r, long t, const Action *ac) {
         die("schedule bug: module %d backward of minibatch %ld, whose forward it no "
             "longer holds", ac->module + 1, ac->mb);
     if (!md->spec.has_head)
-        rank_recv(r, md->next_rank, msg_key(MSG_GRAD, ac->micro, ac->mb), md->dout_buf,
-                    n * sizeof(float));
-    ModuleActs *a = md->acts[p->replay ? 0 : slot];
+        rank_recv(r, md->next_rank, msg_key(MSG_GRAD, ac->micro, ac->mb), md->dout_buf, n);
+    BackendActs *a = md->acts[p->replay ? 0 : slot];
     /* Replay: recompute the forward from the stored input with the current
      * weights, unless the set still holds exactly that forward. */
     if (p->replay && (md->work_key != key || md->work_version != r->version))
@@ -342,7 +458,7 @@ static void action_backward(Rank *r, long t, const Action *ac) {
     md->work_key = -1; /* the backward consumes the set */
     double t0 = now_seconds();
     float scale = 1.0f / ((float)p->cfg->batch_size * (float)p->cfg->block_size);
-    module_backward(p->pl, r->params, r->grads, &md->spec, a,
+    r->be->backward(r->be, p->pl, r->d_params, r->d_grads, &md->spec, a,
                     md->spec.has_head ? NULL : md->dout_buf, scale,
                     md->spec.has_embed ? NULL : md->dx_buf);
     r->compute_s += now_seconds() - t0;
@@ -350,8 +466,7 @@ static void action_backward(Rank *r, long t, const Action *ac) {
     trace_action(r, t, "bwd", ac->module, ac->mb, ac->micro);
     if (!md->spec.has_embed &&
         schedule_step_of(&p->sched, ACT_BACKWARD, ac->module - 1, ac->mb) < p->cfg->steps)
-        r->tp->send(r->tp, md->prev_rank, msg_key(MSG_GRAD, ac->micro, ac->mb), md->dx_buf,
-                    n * sizeof(float));
+        rank_send(r, md->prev_rank, msg_key(MSG_GRAD, ac->micro, ac->mb), md->dx_buf, n);
 }
 
 /* ---------------------------------------------------------------- reductions */
@@ -423,7 +538,7 @@ static void check_finite(const Rank *r, const char *upd, long t) {
     for (int i = 0; i < pl->n_tensors; i++) {
         if (!upd[i]) continue;
         const TensorInfo *ti = &pl->tensors[i];
-        if (first_nonfinite(r->grads, ti->offset, ti->offset + ti->numel) >= 0)
+        if (r->be->first_nonfinite(r->be, r->d_grads + ti->offset, ti->numel) >= 0)
             die("step %ld: non-finite gradient in %s; lower lr=, raise warmup= or set "
                 "grad_clip=", t + 1, ti->name);
     }
@@ -440,8 +555,8 @@ static float global_clip_scale(Rank *r, const char *upd, long t) {
     double *sq = xcalloc((size_t)pl->n_tensors, sizeof(double));
     for (int i = 0; i < pl->n_tensors; i++)
         if (upd[i])
-            sq[i] = grad_sumsq(r->grads, pl->tensors[i].offset,
-                               pl->tensors[i].offset + pl->tensors[i].numel);
+            sq[i] = r->be->sumsq(r->be, r->d_grads + pl->tensors[i].offset,
+                                 pl->tensors[i].numel);
     int group[PARTITION_MAX_MODULES];
     int g = pipeline_group(r, group);
     ordered_allreduce(r, group, g, sq, (size_t)pl->n_tensors, 1, msg_key(MSG_REDUCE, 63, t));
@@ -449,6 +564,23 @@ static float global_clip_scale(Rank *r, const char *upd, long t) {
     for (int i = 0; i < pl->n_tensors; i++) total += sq[i];
     free(sq);
     return clip_scale(sqrt(total), p->cfg->grad_clip);
+}
+
+/* Sums n floats of gradient at offset lo over the group: NCCL's reduction
+ * on GPUs when the transport has one; else the ordered host reduction,
+ * through the host copy for a GPU backend. */
+static void sum_slice_across(Rank *r, const int *group, int g, size_t lo, size_t n,
+                             MsgKey key) {
+    Backend *be = r->be;
+    if (be->host_memory) {
+        ordered_allreduce(r, group, g, r->grads + lo, n, 0, key);
+    } else if (r->tp->allreduce_device) {
+        r->tp->allreduce_device(r->tp, group, g, r->d_grads + lo, n);
+    } else {
+        be->download(be, r->grads + lo, r->d_grads + lo, n);
+        ordered_allreduce(r, group, g, r->grads + lo, n, 0, key);
+        be->upload(be, r->d_grads + lo, r->grads + lo, n);
+    }
 }
 
 /* Replicas: sum each module's gradient slice across the ranks that hold
@@ -469,8 +601,7 @@ static void sum_across_replicas(Rank *r, const char *upd, long t) {
         size_t lo = pl->tensors[md->first_tensor].offset;
         size_t hi = md->last_tensor < pl->n_tensors ? pl->tensors[md->last_tensor].offset
                                                     : pl->n_params;
-        ordered_allreduce(r, group, g, r->grads + lo, hi - lo, 0,
-                          msg_key(MSG_REDUCE, md->m, t));
+        sum_slice_across(r, group, g, lo, hi - lo, msg_key(MSG_REDUCE, md->m, t));
     }
     free(group);
 }
@@ -487,13 +618,8 @@ static void action_update(Rank *r, long t) {
     double t0 = now_seconds();
     for (int i = 0; i < pl->n_tensors; i++) {
         if (!upd[i]) continue;
-        const TensorInfo *ti = &pl->tensors[i];
-        float *g = r->grads + ti->offset;
-        if (scale != 1.0f)
-            for (size_t j = 0; j < ti->numel; j++) g[j] *= scale;
-        optimizer_update(pl, &p->opt, r->params, r->grads, r->opt_m, r->opt_v, i, i + 1, lr,
-                         ++r->tensor_updates[i]);
-        memset(g, 0, ti->numel * sizeof(float));
+        r->be->update_tensor(r->be, pl, &p->opt, r->d_params, r->d_grads, r->d_opt_m,
+                             r->d_opt_v, i, scale, lr, ++r->tensor_updates[i]);
     }
     for (int k = 0; k < r->n_mods; k++) r->mods[k].touched = 0;
     if (n > 0) r->version++;
@@ -507,14 +633,14 @@ static void action_update(Rank *r, long t) {
 /* The activations an evaluation forward may overwrite: replay's single set
  * (whatever it held is recomputed anyway), or in store mode one extra set,
  * so in-flight minibatches keep theirs. */
-static ModuleActs *eval_acts(Rank *r, Mod *md) {
+static BackendActs *eval_acts(Rank *r, Mod *md) {
     if (r->plan->replay) {
         md->work_key = -1;
         return md->acts[0];
     }
     if (!md->eval_acts)
-        md->eval_acts = module_acts_create(r->plan->pl, &md->spec, r->plan->rows_micro,
-                                           r->plan->cfg->block_size);
+        md->eval_acts = r->be->acts_create(r->be, r->plan->pl, &md->spec,
+                                           r->plan->rows_micro, r->plan->cfg->block_size);
     return md->eval_acts;
 }
 
@@ -542,19 +668,19 @@ static double evaluate(Rank *r, long round) {
             size_t off = (size_t)ch * rows * T;
             for (int k = 0; k < r->n_mods; k++) {
                 Mod *md = &r->mods[k];
-                ModuleActs *a = eval_acts(r, md);
-                if (!md->spec.has_embed)
-                    r->tp->recv(r->tp, md->prev_rank, key, md->in_buf, n * sizeof(float));
+                BackendActs *a = eval_acts(r, md);
+                if (!md->spec.has_embed) rank_recv(r, md->prev_rank, key, md->in_buf, n);
                 double t0 = now_seconds();
-                const float *out = module_forward(
-                    p->pl, r->params, &md->spec, a, md->spec.has_embed ? in + off : NULL,
+                const float *out = r->be->forward(
+                    r->be, p->pl, r->d_params, &md->spec, a,
+                    md->spec.has_embed ? in + off : NULL,
                     md->spec.has_embed ? NULL : md->in_buf,
                     md->spec.has_head ? tg + off : NULL, rows, T);
                 r->compute_s += now_seconds() - t0;
                 if (md->spec.has_head)
-                    sum += module_loss(a) / chunks;
+                    sum += r->be->loss(r->be, a) / chunks;
                 else
-                    r->tp->send(r->tp, md->next_rank, key, out, n * sizeof(float));
+                    rank_send(r, md->next_rank, key, out, n);
             }
         }
     }
@@ -566,7 +692,7 @@ static double evaluate(Rank *r, long round) {
 /* ---------------------------------------------------------------- reporting */
 
 enum { ST_LOSS, ST_HAVE_LOSS, ST_COMPUTE, ST_WAIT, ST_COMM, ST_MEM_PARAMS, ST_MEM_OPT,
-       ST_MEM_ACTS, ST_MAXRSS, ST_WALL, ST_COUNT };
+       ST_MEM_ACTS, ST_MAXRSS, ST_DEVICE_PEAK, ST_WALL, ST_COUNT };
 
 /* What world rank 0 keeps to print progress. */
 typedef struct {
@@ -591,8 +717,8 @@ static double acts_bytes(const Rank *r) {
     for (int k = 0; k < r->n_mods; k++) {
         const Mod *md = &r->mods[k];
         int sets = r->plan->replay ? 1 : md->n_slots;
-        for (int i = 0; i < sets; i++) b += (double)module_acts_bytes(md->acts[i]);
-        if (md->eval_acts) b += (double)module_acts_bytes(md->eval_acts);
+        for (int i = 0; i < sets; i++) b += (double)r->be->acts_bytes(r->be, md->acts[i]);
+        if (md->eval_acts) b += (double)r->be->acts_bytes(r->be, md->eval_acts);
         if (md->inputs && !md->spec.has_embed) b += (double)md->n_slots * n;
         b += 3.0 * n; /* message buffers */
     }
@@ -615,6 +741,7 @@ static void gather_stats(Rank *r, Reporter *rep, long t) {
     st[ST_MEM_ACTS] = acts_bytes(r);
     struct rusage ru;
     st[ST_MAXRSS] = getrusage(RUSAGE_SELF, &ru) == 0 ? 1024.0 * (double)ru.ru_maxrss : 0.0;
+    st[ST_DEVICE_PEAK] = (double)r->be->peak_bytes(r->be);
     MsgKey key = msg_key(MSG_STATS, 0, t);
     r->tp->send(r->tp, 0, key, st, sizeof st);
     if (r->rank != 0) return;
@@ -669,13 +796,16 @@ static void report_progress(Rank *r, Reporter *rep, long t) {
 }
 
 static void print_memory(const Plan *p, const double *cur) {
+    int gpu = strcmp(p->cfg->device, "cpu") != 0;
     printf("peak memory per rank (parameters+gradients, optimizer state, activations; "
-           "process peak RSS):\n");
+           "process peak RSS%s):\n", gpu ? "; peak GPU memory allocated" : "");
     for (int w = 0; w < p->world; w++) {
         const double *c = cur + (size_t)w * ST_COUNT;
-        printf("  rank %d: %.1f MB, %.1f MB, %.1f MB = %.1f MB; RSS %.1f MB\n", w,
+        printf("  rank %d: %.1f MB, %.1f MB, %.1f MB = %.1f MB; RSS %.1f MB", w,
                c[ST_MEM_PARAMS] / 1e6, c[ST_MEM_OPT] / 1e6, c[ST_MEM_ACTS] / 1e6,
                (c[ST_MEM_PARAMS] + c[ST_MEM_OPT] + c[ST_MEM_ACTS]) / 1e6, c[ST_MAXRSS] / 1e6);
+        if (gpu) printf("; GPU %.1f MB", c[ST_DEVICE_PEAK] / 1e6);
+        printf("\n");
     }
 }
 
@@ -685,7 +815,9 @@ static void print_memory(const Plan *p, const double *cur) {
 static void gather_params(Rank *r) {
     const Plan *p = r->plan;
     const ParamLayout *pl = p->pl;
-    if (r->replica != 0 || p->sched.K == 1) return;
+    if (r->replica != 0) return;
+    rank_state_to_host(r);
+    if (p->sched.K == 1) return;
     for (int w = 0; w < p->pipe_ranks; w++) {
         if (r->rank != 0 && r->rank != w) continue;
         if (w == 0) continue;
@@ -770,14 +902,17 @@ void pipeline_rank_main(Transport *tp, void *arg) {
     const Plan *p = arg;
     const Config *c = p->cfg;
     backend_thread_init();
+    Backend *be = backend_create(c, tp->rank, tp->local_rank);
+    if (!be->host_memory && tp->enable_device) tp->enable_device(tp, be);
     Rank r;
-    rank_init(&r, p, tp);
+    rank_init(&r, p, tp, be);
     Reporter rep;
     memset(&rep, 0, sizeof rep);
     rep.prev = xcalloc((size_t)p->world * ST_COUNT, sizeof(double));
     rep.cur = xcalloc((size_t)p->world * ST_COUNT, sizeof(double));
     rep.last_loss = NAN;
     long first = ckpt_restore(&r), last = ckpt_last_step(c);
+    rank_state_to_device(&r);
     if (r.rank == 0)
         progress_open(&rep.progress, c->out, p->ds->is_bytes, c->steps,
                       (long)c->batch_size * c->block_size, first);
@@ -792,7 +927,10 @@ void pipeline_rank_main(Transport *tp, void *arg) {
             if (r.rank == 0) progress_eval(&rep.progress, done, val);
         }
         int stop = stop_requested(&r, t);
-        if (ckpt_due(c, done) || (stop && done < c->steps)) ckpt_save(&r, done);
+        if (ckpt_due(c, done) || (stop && done < c->steps)) {
+            rank_state_to_host(&r);
+            ckpt_save(&r, done);
+        }
         if (stop && done < c->steps) {
             last = done;
             break;
@@ -810,6 +948,7 @@ void pipeline_rank_main(Transport *tp, void *arg) {
         free(rep.prev);
         free(rep.cur);
         rank_free(&r);
+        be->destroy(be);
         return;
     }
     if (c->steps == 0) gather_stats(&r, &rep, 0);
@@ -826,4 +965,5 @@ void pipeline_rank_main(Transport *tp, void *arg) {
     free(rep.prev);
     free(rep.cur);
     rank_free(&r);
+    be->destroy(be);
 }

@@ -7,6 +7,7 @@
 
 #include <stdio.h>
 
+#include "backend.h"
 #include "inbox.h"
 #include "pipeline.h"
 
@@ -16,13 +17,13 @@ typedef struct {
     int first_tensor, last_tensor;
     int prev_rank, next_rank; /* world ranks of the neighbour modules, or -1 */
     int n_slots;
-    ModuleActs **acts;        /* store: n_slots sets; replay: one */
-    ModuleActs *eval_acts;    /* store: the set evaluation uses */
+    BackendActs **acts;       /* store: n_slots sets; replay: one */
+    BackendActs *eval_acts;   /* store: the set evaluation uses */
     long *slot_key;           /* (mb * micro + u) each set holds */
-    float **inputs;           /* replay: the stored input of each slot */
+    float **inputs;           /* replay: the stored input of each slot (backend memory) */
     long work_key;            /* replay: which forward acts[0] holds, or -1 */
     long work_version;        /* replay: weights version of that forward */
-    float *in_buf, *dout_buf, *dx_buf;
+    float *in_buf, *dout_buf, *dx_buf; /* message buffers (backend memory) */
     int touched;              /* has a gradient to apply this step */
 } Mod;
 
@@ -37,7 +38,14 @@ typedef struct Rank {
     int rank, replica, prank;
     int n_mods;
     Mod mods[2];
+    Backend *be;
+    /* The training state where the backend computes on it... */
+    float *d_params, *d_grads, *d_opt_m, *d_opt_v;
+    /* ...and its host copy, which checkpoints and the end of the run read:
+     * the same buffers on the CPU backend, else brought up to date by
+     * rank_state_to_host (and pushed back by rank_state_to_device). */
     float *params, *grads, *opt_m, *opt_v;
+    float *stage, *d_stage;   /* one activation message: host, backend memory */
     long *tensor_updates;
     long version;             /* bumped by every update */
     int n_ring;
@@ -58,5 +66,12 @@ static inline int world_rank_of(const Rank *r, int pipe_rank) {
 static inline size_t act_floats(const Rank *r) {
     return (size_t)r->plan->rows_micro * r->plan->cfg->block_size * r->plan->pl->cfg.n_embd;
 }
+
+/* pipeline.c: moving the state between the backend and the host copy
+ * (no-ops on the CPU backend), and receiving one activation-sized message
+ * into host memory whatever the transport. */
+void rank_state_to_host(Rank *r);
+void rank_state_to_device(Rank *r);
+void rank_recv_to_host(Rank *r, int src, MsgKey key, float *host_buf, size_t n);
 
 #endif

@@ -44,6 +44,29 @@ struct Transport {
     void (*expect)(Transport *t, int src, MsgKey key, size_t bytes);
     /* Completes every outstanding send. */
     void (*flush)(Transport *t);
+
+    /* Where the ranks run: this rank's index among the ranks of its host
+     * and how many share the host (the GPU a rank takes). */
+    int local_rank, local_size;
+
+    /* GPU-resident messages (activations and their gradients). NULL unless
+     * a device transport is on (NCCL, transport_nccl.c): the executor then
+     * stages backend memory through host buffers and the calls above.
+     * Same keys, same rules; dev points to device memory. */
+    void (*send_device)(Transport *t, int dst, MsgKey key, const void *dev, size_t bytes);
+    void (*recv_device)(Transport *t, int src, MsgKey key, void *dev, size_t bytes);
+    /* In-place sum of n floats of device memory over the world ranks in
+     * group[0..g) (every member calls it with the same group). NULL when
+     * absent; the executor then uses its ordered host reduction. */
+    void (*allreduce_device)(Transport *t, const int *group, int g, float *dev, size_t n);
+    /* Turns on the device calls above for a GPU backend (be is a Backend*,
+     * its device and stream): NULL where the build has no device transport.
+     * Returns 1 when on, 0 when the ranks must stage through the host (e.g.
+     * several ranks share one GPU, which NCCL refuses), with the reason
+     * printed by world rank 0. Collective: every rank calls it. */
+    int (*enable_device)(Transport *t, void *be);
+    void *device_impl;
+
     void *impl;
 };
 
@@ -58,6 +81,13 @@ void msg_describe(MsgKey key, char *out, size_t outlen);
 /* MPI transport over MPI_COMM_WORLD; timeout_s bounds every wait. */
 Transport *transport_mpi_create(double timeout_s);
 void transport_mpi_free(Transport *t);
+
+#ifdef HAVE_NCCL
+/* transport_nccl.c: Transport.enable_device of the MPI transport, and its
+ * undoing (called by transport_mpi_free; harmless when never enabled). */
+int transport_nccl_enable(Transport *t, void *be);
+void transport_nccl_disable(Transport *t);
+#endif
 
 /* The emulated world: n ranks in one process, one thread each, run one
  * at a time (a rank runs until it waits for a message). */

@@ -141,6 +141,8 @@ void transport_local_run(int n, LocalRankMain main, void **args) {
         rt[r].w = &w;
         rt[r].t.rank = r;
         rt[r].t.size = n;
+        rt[r].t.local_rank = r; /* one host */
+        rt[r].t.local_size = n;
         rt[r].t.impl = &w;
         rt[r].t.send = local_send;
         rt[r].t.recv = local_recv;

@@ -180,6 +180,13 @@ Transport *transport_mpi_create(double timeout_s) {
     MPI_Comm_get_attr(MPI_COMM_WORLD, MPI_TAG_UB, &ub, &flag);
     m->tag_ub = flag && ub ? *ub : 32767;
     m->timeout_s = timeout_s;
+    /* The ranks of this host: a shared-memory split, which agrees with
+     * Open MPI's and Slurm's local-rank variables and needs neither. */
+    MPI_Comm node;
+    MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, t->rank, MPI_INFO_NULL, &node);
+    MPI_Comm_rank(node, &t->local_rank);
+    MPI_Comm_size(node, &t->local_size);
+    MPI_Comm_free(&node);
     t->impl = m;
     t->send = mpi_send;
     t->recv = mpi_recv;
