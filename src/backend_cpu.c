@@ -173,7 +173,12 @@ Backend *backend_create(const Config *c, int rank, int local_rank) {
                 "(leave precision=auto)");
         return backend_cpu_create();
     }
+#ifdef HAVE_CUDA
+    return backend_cuda_create(c, rank, local_rank);
+#else
     (void)rank;
     (void)local_rank;
-    die("config: device=cuda, but this build has no CUDA backend yet; use device=cpu");
+    die("config: device=cuda, but this build has no CUDA backend (nvcc was not found at "
+        "configure time); reconfigure with --with-cuda=DIR, or use device=cpu");
+#endif
 }

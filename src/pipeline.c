@@ -134,6 +134,11 @@ static void mod_init(Rank *r, Mod *md, int m) {
     int delayed = s->kind == SCHED_OUROBOROS || s->kind == SCHED_OUROBOROS_PIPELINED;
     if (!p->replay && delayed && m < s->K - 1)
         for (int i = 0; i < sets; i++) be->acts_keep_weights(be, p->pl, md->acts[i]);
+    /* Store mode evaluates in a set of its own, so in-flight minibatches
+     * keep theirs. Made now, not at the first evaluation: a GPU allocation
+     * mid-run may wait for the whole device, and with it for sends that
+     * only complete in a peer's next step. */
+    if (!p->replay) md->eval_acts = be->acts_create(be, p->pl, &md->spec, rows, T);
     md->work_key = -1;
     md->slot_key = xcalloc((size_t)md->n_slots, sizeof(long));
     for (int i = 0; i < md->n_slots; i++) md->slot_key[i] = -1;
@@ -631,16 +636,13 @@ static void action_update(Rank *r, long t) {
 /* ---------------------------------------------------------------- evaluation */
 
 /* The activations an evaluation forward may overwrite: replay's single set
- * (whatever it held is recomputed anyway), or in store mode one extra set,
- * so in-flight minibatches keep theirs. */
+ * (whatever it held is recomputed anyway), or in store mode the extra set
+ * mod_init made, so in-flight minibatches keep theirs. */
 static BackendActs *eval_acts(Rank *r, Mod *md) {
     if (r->plan->replay) {
         md->work_key = -1;
         return md->acts[0];
     }
-    if (!md->eval_acts)
-        md->eval_acts = r->be->acts_create(r->be, r->plan->pl, &md->spec,
-                                           r->plan->rows_micro, r->plan->cfg->block_size);
     return md->eval_acts;
 }
 
@@ -903,7 +905,7 @@ void pipeline_rank_main(Transport *tp, void *arg) {
     const Config *c = p->cfg;
     backend_thread_init();
     Backend *be = backend_create(c, tp->rank, tp->local_rank);
-    if (!be->host_memory && tp->enable_device) tp->enable_device(tp, be);
+    if (!be->host_memory && tp->enable_device) tp->enable_device(tp, be, p->pipe_ranks);
     Rank r;
     rank_init(&r, p, tp, be);
     Reporter rep;

@@ -60,11 +60,13 @@ struct Transport {
      * absent; the executor then uses its ordered host reduction. */
     void (*allreduce_device)(Transport *t, const int *group, int g, float *dev, size_t n);
     /* Turns on the device calls above for a GPU backend (be is a Backend*,
-     * its device and stream): NULL where the build has no device transport.
-     * Returns 1 when on, 0 when the ranks must stage through the host (e.g.
+     * its device and stream) and pipelines of pipe_ranks ranks (device
+     * messages go between pipeline neighbours; sums over the world or a
+     * stage group): NULL where the build has no device transport. Returns
+     * 1 when on, 0 when the ranks must stage through the host (e.g.
      * several ranks share one GPU, which NCCL refuses), with the reason
      * printed by world rank 0. Collective: every rank calls it. */
-    int (*enable_device)(Transport *t, void *be);
+    int (*enable_device)(Transport *t, void *be, int pipe_ranks);
     void *device_impl;
 
     void *impl;
@@ -81,11 +83,13 @@ void msg_describe(MsgKey key, char *out, size_t outlen);
 /* MPI transport over MPI_COMM_WORLD; timeout_s bounds every wait. */
 Transport *transport_mpi_create(double timeout_s);
 void transport_mpi_free(Transport *t);
+/* The timeout (comm_timeout=) of an MPI transport, which device waits obey too. */
+double transport_mpi_timeout(const Transport *t);
 
 #ifdef HAVE_NCCL
 /* transport_nccl.c: Transport.enable_device of the MPI transport, and its
  * undoing (called by transport_mpi_free; harmless when never enabled). */
-int transport_nccl_enable(Transport *t, void *be);
+int transport_nccl_enable(Transport *t, void *be, int pipe_ranks);
 void transport_nccl_disable(Transport *t);
 #endif
 

@@ -187,6 +187,9 @@ Transport *transport_mpi_create(double timeout_s) {
     MPI_Comm_rank(node, &t->local_rank);
     MPI_Comm_size(node, &t->local_size);
     MPI_Comm_free(&node);
+#ifdef HAVE_NCCL
+    t->enable_device = transport_nccl_enable;
+#endif
     t->impl = m;
     t->send = mpi_send;
     t->recv = mpi_recv;
@@ -195,8 +198,15 @@ Transport *transport_mpi_create(double timeout_s) {
     return t;
 }
 
+double transport_mpi_timeout(const Transport *t) {
+    return ((const MpiImpl *)t->impl)->timeout_s;
+}
+
 void transport_mpi_free(Transport *t) {
     if (!t) return;
+#ifdef HAVE_NCCL
+    transport_nccl_disable(t);
+#endif
     mpi_flush(t);
     MpiImpl *m = t->impl;
     while (m->recvs) {
