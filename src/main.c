@@ -4,6 +4,7 @@
 
 #include "checkpoint.h"
 #include "device.h"
+#include "profile.h"
 #include "sample.h"
 #include "train.h"
 
@@ -17,6 +18,7 @@ static void usage(FILE *f) {
             "  sample   generate text from a trained run (`ouroboros sample --help`)\n"
             "  eval     the loss of a checkpoint on a split (`ouroboros eval --help`)\n"
             "  inspect  show and verify a checkpoint: ouroboros inspect DIR\n"
+            "  profile  time each module's forward and backward (`ouroboros profile --help`)\n"
             "  version  print the version and the backends built in\n");
 }
 
@@ -30,6 +32,7 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "sample") == 0) return cmd_sample(argc - 2, argv + 2);
     if (strcmp(cmd, "eval") == 0) return cmd_eval(argc - 2, argv + 2);
     if (strcmp(cmd, "inspect") == 0) return cmd_inspect(argc - 2, argv + 2);
+    if (strcmp(cmd, "profile") == 0) return cmd_profile(argc - 2, argv + 2);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
         printf("ouroboros %s (%s)\n", PACKAGE_VERSION, device_build_summary());
         return 0;
