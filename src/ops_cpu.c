@@ -171,8 +171,14 @@ static void causal_softmax_row(float *row, int i, int T) {
 }
 
 /* Per (sequence, head), the products are plain matrix products on strided
- * views of qkv: S = scale Q K^T, P = softmax(S), O = P V. The upper
- * triangle of P is exactly zero, so the full product P V is causal. */
+ * views of qkv: S = scale Q K^T, P = softmax(S), O = P V. Causality lets
+ * them skip the upper triangle: queries go in blocks of ATT_ROWS rows, and
+ * a block attends only the keys up to its last row, so the products cover
+ * (n+1)/2n of the square for n blocks instead of all of it. Inside a
+ * block the few scores above the diagonal are computed and then zeroed by
+ * the softmax, so P stays exactly causal (and zero above the diagonal). */
+enum { ATT_ROWS = 32 };
+
 void attention_forward(float *out, float *att, const float *qkv, int B, int T,
                        int C, int NH) {
     int hs = C / NH;
@@ -183,15 +189,21 @@ void attention_forward(float *out, float *att, const float *qkv, int B, int T,
             const float *k = q + C;
             const float *v = q + 2 * C;
             float *p = att + ((size_t)b * NH + h) * T * T;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hs,
-                        scale, q, 3 * C, k, 3 * C, 0.0f, p, T);
-            for (int i = 0; i < T; i++) causal_softmax_row(p + (size_t)i * T, i, T);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hs, T,
-                        1.0f, p, T, v, 3 * C, 0.0f,
-                        out + (size_t)b * T * C + h * hs, C);
+            float *o = out + (size_t)b * T * C + h * hs;
+            for (int i0 = 0; i0 < T; i0 += ATT_ROWS) {
+                int rows = T - i0 < ATT_ROWS ? T - i0 : ATT_ROWS, keys = i0 + rows;
+                float *pb = p + (size_t)i0 * T;
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, keys, hs, scale,
+                            q + (size_t)i0 * 3 * C, 3 * C, k, 3 * C, 0.0f, pb, T);
+                for (int i = i0; i < keys; i++) causal_softmax_row(p + (size_t)i * T, i, T);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hs, keys, 1.0f,
+                            pb, T, v, 3 * C, 0.0f, o + (size_t)i0 * C, C);
+            }
         }
 }
 
+/* The same blocks: a query block's rows of dP, dS, and its contributions
+ * to dQ (its own rows) and to dK, dV (the keys it attends). */
 void attention_backward(float *dqkv, float *scratch, const float *dout,
                         const float *qkv, const float *att, int B, int T,
                         int C, int NH) {
@@ -204,26 +216,30 @@ void attention_backward(float *dqkv, float *scratch, const float *dout,
             float *dq = dqkv + base, *dk = dq + C, *dv = dq + 2 * C;
             const float *p = att + ((size_t)b * NH + h) * T * T;
             const float *dO = dout + (size_t)b * T * C + h * hs;
-            float *ds = scratch;
-            /* dP = dO V^T ; dV += P^T dO */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hs,
-                        1.0f, dO, C, v, 3 * C, 0.0f, ds, T);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hs, T,
-                        1.0f, p, T, dO, C, 1.0f, dv, 3 * C);
-            /* softmax backward, row by row: dS = P (dP - <P, dP>) scale */
-            for (int i = 0; i < T; i++) {
-                const float *pi = p + (size_t)i * T;
-                float *di = ds + (size_t)i * T;
-                float dot = 0.0f;
-                for (int j = 0; j <= i; j++) dot += pi[j] * di[j];
-                for (int j = 0; j <= i; j++) di[j] = pi[j] * (di[j] - dot) * scale;
-                for (int j = i + 1; j < T; j++) di[j] = 0.0f;
+            for (int i0 = 0; i0 < T; i0 += ATT_ROWS) {
+                int rows = T - i0 < ATT_ROWS ? T - i0 : ATT_ROWS, keys = i0 + rows;
+                const float *pb = p + (size_t)i0 * T, *dOb = dO + (size_t)i0 * C;
+                float *ds = scratch + (size_t)i0 * T;
+                /* dP = dO V^T ; dV += P^T dO */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, keys, hs, 1.0f,
+                            dOb, C, v, 3 * C, 0.0f, ds, T);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, keys, hs, rows, 1.0f,
+                            pb, T, dOb, C, 1.0f, dv, 3 * C);
+                /* softmax backward, row by row: dS = P (dP - <P, dP>) scale */
+                for (int i = i0; i < keys; i++) {
+                    const float *pi = p + (size_t)i * T;
+                    float *di = scratch + (size_t)i * T;
+                    float dot = 0.0f;
+                    for (int j = 0; j <= i; j++) dot += pi[j] * di[j];
+                    for (int j = 0; j <= i; j++) di[j] = pi[j] * (di[j] - dot) * scale;
+                    for (int j = i + 1; j < keys; j++) di[j] = 0.0f;
+                }
+                /* dQ += dS K ; dK += dS^T Q */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hs, keys, 1.0f,
+                            ds, T, k, 3 * C, 1.0f, dq + (size_t)i0 * 3 * C, 3 * C);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, keys, hs, rows, 1.0f,
+                            ds, T, q + (size_t)i0 * 3 * C, 3 * C, 1.0f, dk, 3 * C);
             }
-            /* dQ += dS K ; dK += dS^T Q */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hs, T,
-                        1.0f, ds, T, k, 3 * C, 1.0f, dq, 3 * C);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hs, T,
-                        1.0f, ds, T, q, 3 * C, 1.0f, dk, 3 * C);
         }
 }
 

@@ -47,6 +47,7 @@ static const Shape shapes[] = {
     {1, 5, 8, 2, 7, 2},   /* N = 5 */
     {3, 4, 6, 1, 13, 3},  /* one head */
     {2, 3, 10, 5, 5, 4},  /* head size 2 */
+    {1, 70, 8, 2, 9, 5},  /* attention over three row blocks, the last partial */
 };
 #define N_SHAPES ((int)(sizeof shapes / sizeof shapes[0]))
 
