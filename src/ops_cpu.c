@@ -13,6 +13,78 @@
 
 #define LN_EPS 1e-5f
 
+/* The element-wise and row-wise loops are compiled for AVX-512, AVX2 and
+ * plain SSE2, and the best one the CPU has is picked at load time (GCC's
+ * function clones): the build stays portable (no -march=native), and the
+ * clones give identical bits, since every clone does the same IEEE
+ * operations in the same order (no FMA contraction under -std=c11, and
+ * reductions go through the fixed lanes below), only more at a time. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define VECTOR_CLONES
+#endif
+
+/* Reductions over a row in a fixed order the compiler can vectorise: LANES
+ * interleaved partial results (element i goes to lane i mod LANES), then
+ * the lanes combined left to right. A plain left-to-right float sum may not
+ * be vectorised (reassociating it changes the result); this order is fixed
+ * by the code, so every machine and clone gets the same bits. */
+enum { LANES = 16 };
+
+static inline float lanes_sum(const float acc[LANES]) {
+    float s = 0.0f;
+    for (int k = 0; k < LANES; k++) s += acc[k];
+    return s;
+}
+
+static inline float row_sum(const float *x, int n) {
+    float acc[LANES] = {0};
+    int i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int k = 0; k < LANES; k++) acc[k] += x[i + k];
+    for (int k = 0; i < n; i++, k++) acc[k] += x[i];
+    return lanes_sum(acc);
+}
+
+/* max is exact in any order, so this equals the left-to-right maximum */
+static inline float row_max(const float *x, int n) {
+    float acc[LANES];
+    for (int k = 0; k < LANES; k++) acc[k] = x[0];
+    int i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int k = 0; k < LANES; k++) acc[k] = x[i + k] > acc[k] ? x[i + k] : acc[k];
+    for (int k = 0; i < n; i++, k++) acc[k] = x[i] > acc[k] ? x[i] : acc[k];
+    float m = acc[0];
+    for (int k = 1; k < LANES; k++) m = acc[k] > m ? acc[k] : m;
+    return m;
+}
+
+static inline float row_dot(const float *x, const float *y, int n) {
+    float acc[LANES] = {0};
+    int i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int k = 0; k < LANES; k++) acc[k] += x[i + k] * y[i + k];
+    for (int k = 0; i < n; i++, k++) acc[k] += x[i] * y[i];
+    return lanes_sum(acc);
+}
+
+/* sum of (x - m)^2 */
+static inline float row_sqdev(const float *x, float m, int n) {
+    float acc[LANES] = {0};
+    int i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int k = 0; k < LANES; k++) {
+            float d = x[i + k] - m;
+            acc[k] += d * d;
+        }
+    for (int k = 0; i < n; i++, k++) {
+        float d = x[i] - m;
+        acc[k] += d * d;
+    }
+    return lanes_sum(acc);
+}
+
 void backend_thread_init(void) {
 #if defined(__SSE__)
     _mm_setcsr(_mm_getcsr() | 0x8040); /* FTZ (bit 15) and DAZ (bit 6) */
@@ -49,7 +121,7 @@ static inline float exp_approx(float x) {
 }
 
 
-void embedding_forward(float *out, const int32_t *tokens, const float *wte,
+VECTOR_CLONES void embedding_forward(float *out, const int32_t *tokens, const float *wte,
                        const float *wpe, int B, int T, int C) {
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++) {
@@ -60,7 +132,7 @@ void embedding_forward(float *out, const int32_t *tokens, const float *wte,
         }
 }
 
-void embedding_backward(float *dwte, float *dwpe, const float *dout,
+VECTOR_CLONES void embedding_backward(float *dwte, float *dwpe, const float *dout,
                         const int32_t *tokens, int B, int T, int C) {
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++) {
@@ -74,20 +146,13 @@ void embedding_backward(float *dwte, float *dwpe, const float *dout,
         }
 }
 
-void layernorm_forward(float *y, float *mean, float *rstd, const float *x,
-                       const float *w, const float *b, int N, int C) {
+VECTOR_CLONES void layernorm_forward(float *y, float *mean, float *rstd, const float *x,
+                                     const float *w, const float *b, int N, int C) {
     for (int i = 0; i < N; i++) {
         const float *xi = x + (size_t)i * C;
         float *yi = y + (size_t)i * C;
-        float m = 0.0f;
-        for (int c = 0; c < C; c++) m += xi[c];
-        m /= (float)C;
-        float v = 0.0f;
-        for (int c = 0; c < C; c++) {
-            float d = xi[c] - m;
-            v += d * d;
-        }
-        v /= (float)C;
+        float m = row_sum(xi, C) / (float)C;
+        float v = row_sqdev(xi, m, C) / (float)C;
         float s = 1.0f / sqrtf(v + LN_EPS);
         for (int c = 0; c < C; c++) yi[c] = (xi[c] - m) * s * w[c] + b[c];
         mean[i] = m;
@@ -95,27 +160,32 @@ void layernorm_forward(float *y, float *mean, float *rstd, const float *x,
     }
 }
 
-void layernorm_backward(float *dx, float *dw, float *db, const float *dy,
-                        const float *x, const float *w, const float *mean,
-                        const float *rstd, int N, int C) {
+VECTOR_CLONES void layernorm_backward(float *dx, float *dw, float *db, const float *dy,
+                                      const float *x, const float *w, const float *mean,
+                                      const float *rstd, int N, int C) {
     for (int i = 0; i < N; i++) {
         const float *dyi = dy + (size_t)i * C;
         const float *xi = x + (size_t)i * C;
         float *dxi = dx + (size_t)i * C;
         float m = mean[i], s = rstd[i];
         /* Two reductions over the row: mean of g and mean of g * xhat,
-         * where g = dy * w is the gradient w.r.t. the normalised value. */
-        float gsum = 0.0f, gxsum = 0.0f;
-        for (int c = 0; c < C; c++) {
-            float xhat = (xi[c] - m) * s;
-            float g = dyi[c] * w[c];
-            gsum += g;
-            gxsum += g * xhat;
-            dw[c] += dyi[c] * xhat;
-            db[c] += dyi[c];
+         * where g = dy * w is the gradient w.r.t. the normalised value
+         * (in lanes, like row_sum). */
+        float gacc[LANES] = {0}, gxacc[LANES] = {0};
+        for (int c0 = 0; c0 < C; c0 += LANES) {
+            int n = C - c0 < LANES ? C - c0 : LANES;
+            for (int k = 0; k < n; k++) {
+                int c = c0 + k;
+                float xhat = (xi[c] - m) * s;
+                float g = dyi[c] * w[c];
+                gacc[k] += g;
+                gxacc[k] += g * xhat;
+                dw[c] += dyi[c] * xhat;
+                db[c] += dyi[c];
+            }
         }
-        gsum /= (float)C;
-        gxsum /= (float)C;
+        float gsum = lanes_sum(gacc) / (float)C;
+        float gxsum = lanes_sum(gxacc) / (float)C;
         for (int c = 0; c < C; c++) {
             float xhat = (xi[c] - m) * s;
             float g = dyi[c] * w[c];
@@ -124,15 +194,15 @@ void layernorm_backward(float *dx, float *dw, float *db, const float *dy,
     }
 }
 
-void matmul_forward(float *y, const float *x, const float *W,
-                    const float *bias, int N, int IC, int OC) {
+/* With a bias, y starts as the bias in every row and the product adds to
+ * it (beta 1): one pass over y instead of BLAS zeroing it for beta 0 and a
+ * second pass adding the bias. */
+VECTOR_CLONES void matmul_forward(float *y, const float *x, const float *W,
+                                  const float *bias, int N, int IC, int OC) {
+    if (bias)
+        for (int i = 0; i < N; i++) memcpy(y + (size_t)i * OC, bias, (size_t)OC * sizeof(float));
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, OC, IC, 1.0f, x,
-                IC, W, OC, 0.0f, y, OC);
-    if (!bias) return;
-    for (int i = 0; i < N; i++) {
-        float *yi = y + (size_t)i * OC;
-        for (int o = 0; o < OC; o++) yi[o] += bias[o];
-    }
+                IC, W, OC, bias ? 1.0f : 0.0f, y, OC);
 }
 
 void matmul_backward_input(float *dx, const float *dy, const float *W, int N,
@@ -141,7 +211,7 @@ void matmul_backward_input(float *dx, const float *dy, const float *W, int N,
                 W, OC, beta, dx, IC);
 }
 
-void matmul_backward_weight(float *dW, float *dbias, const float *dy,
+VECTOR_CLONES void matmul_backward_weight(float *dW, float *dbias, const float *dy,
                             const float *x, int N, int IC, int OC) {
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, IC, OC, N, 1.0f, x,
                 IC, dy, OC, 1.0f, dW, OC);
@@ -159,12 +229,10 @@ void matmul_backward(float *dx, float *dW, float *dbias, const float *dy,
 }
 
 /* Row i of a causal score matrix: softmax over j <= i, zero above. */
-static void causal_softmax_row(float *row, int i, int T) {
-    float mx = row[0];
-    for (int j = 1; j <= i; j++) mx = row[j] > mx ? row[j] : mx;
+static inline void causal_softmax_row(float *row, int i, int T) {
+    float mx = row_max(row, i + 1);
     for (int j = 0; j <= i; j++) row[j] = exp_approx(row[j] - mx);
-    float sum = 0.0f;
-    for (int j = 0; j <= i; j++) sum += row[j];
+    float sum = row_sum(row, i + 1);
     float inv = 1.0f / sum;
     for (int j = 0; j <= i; j++) row[j] *= inv;
     for (int j = i + 1; j < T; j++) row[j] = 0.0f;
@@ -179,7 +247,7 @@ static void causal_softmax_row(float *row, int i, int T) {
  * the softmax, so P stays exactly causal (and zero above the diagonal). */
 enum { ATT_ROWS = 32 };
 
-void attention_forward(float *out, float *att, const float *qkv, int B, int T,
+VECTOR_CLONES void attention_forward(float *out, float *att, const float *qkv, int B, int T,
                        int C, int NH) {
     int hs = C / NH;
     float scale = 1.0f / sqrtf((float)hs);
@@ -204,7 +272,7 @@ void attention_forward(float *out, float *att, const float *qkv, int B, int T,
 
 /* The same blocks: a query block's rows of dP, dS, and its contributions
  * to dQ (its own rows) and to dK, dV (the keys it attends). */
-void attention_backward(float *dqkv, float *scratch, const float *dout,
+VECTOR_CLONES void attention_backward(float *dqkv, float *scratch, const float *dout,
                         const float *qkv, const float *att, int B, int T,
                         int C, int NH) {
     int hs = C / NH;
@@ -229,8 +297,7 @@ void attention_backward(float *dqkv, float *scratch, const float *dout,
                 for (int i = i0; i < keys; i++) {
                     const float *pi = p + (size_t)i * T;
                     float *di = scratch + (size_t)i * T;
-                    float dot = 0.0f;
-                    for (int j = 0; j <= i; j++) dot += pi[j] * di[j];
+                    float dot = row_dot(pi, di, i + 1);
                     for (int j = 0; j <= i; j++) di[j] = pi[j] * (di[j] - dot) * scale;
                     for (int j = i + 1; j < keys; j++) di[j] = 0.0f;
                 }
@@ -251,7 +318,7 @@ void attention_backward(float *dqkv, float *scratch, const float *dout,
  * Arguments are clamped to |2z| <= 30: above, the sigmoid is 1.0f exactly;
  * below, GELU is under 1e-12 in size either way.
  */
-void gelu_forward(float *restrict y, const float *restrict x, int n) {
+VECTOR_CLONES void gelu_forward(float *restrict y, const float *restrict x, int n) {
     for (int i = 0; i < n; i++) {
         float u = x[i];
         float z2 = 2.0f * GELU_K * (u + 0.044715f * u * u * u);
@@ -263,7 +330,7 @@ void gelu_forward(float *restrict y, const float *restrict x, int n) {
 /* d/du [u s(u)] = s + u s (1 - s) dz2/du, dz2/du = 2K (1 + 3 0.044715 u^2).
  * s is recovered from the forward as y / u (exact to a rounding or two;
  * s(0) = 1/2), so the backward needs no exponential. */
-void gelu_backward(float *dx, const float *restrict x, const float *restrict y,
+VECTOR_CLONES void gelu_backward(float *dx, const float *restrict x, const float *restrict y,
                    const float *dy, int n) {
     /* dx may be dy: element i is read before it is written, so the loop is
      * safe to vectorise in place (without this, the aliasing check sends
@@ -277,11 +344,11 @@ void gelu_backward(float *dx, const float *restrict x, const float *restrict y,
     }
 }
 
-void residual_forward(float *y, const float *a, const float *b, int n) {
+VECTOR_CLONES void residual_forward(float *y, const float *a, const float *b, int n) {
     for (int i = 0; i < n; i++) y[i] = a[i] + b[i];
 }
 
-void residual_backward(float *da, float *db, const float *dy, int n) {
+VECTOR_CLONES void residual_backward(float *da, float *db, const float *dy, int n) {
     for (int i = 0; i < n; i++) {
         da[i] += dy[i];
         db[i] += dy[i];
@@ -302,25 +369,23 @@ void logits_backward(float *dx, float *dwte, const float *dlogits,
                 dlogits, V, x, C, 1.0f, dwte, C);
 }
 
-void softmax_crossentropy_forward(float *probs, float *losses,
-                                  const int32_t *targets, int N, int V) {
+VECTOR_CLONES void softmax_crossentropy_forward(float *probs, float *losses,
+                                                const int32_t *targets, int N, int V) {
     for (int i = 0; i < N; i++) {
         float *row = probs + (size_t)i * V;
-        float mx = row[0];
-        for (int j = 1; j < V; j++) mx = row[j] > mx ? row[j] : mx;
+        float mx = row_max(row, V);
         /* loss = log(sum exp(z - max)) - (z_target - max): exact even where
          * the target's probability underflows. */
         float zt = (losses && targets) ? row[targets[i]] - mx : 0.0f;
         for (int j = 0; j < V; j++) row[j] = exp_approx(row[j] - mx);
-        float sum = 0.0f;
-        for (int j = 0; j < V; j++) sum += row[j];
+        float sum = row_sum(row, V);
         float inv = 1.0f / sum;
         for (int j = 0; j < V; j++) row[j] *= inv;
         if (losses && targets) losses[i] = logf(sum) - zt;
     }
 }
 
-void softmax_crossentropy_backward(float *dlogits, const float *probs,
+VECTOR_CLONES void softmax_crossentropy_backward(float *dlogits, const float *probs,
                                    const int32_t *targets, float scale, int N,
                                    int V) {
     for (int i = 0; i < N; i++) {
