@@ -538,14 +538,29 @@ static int tensors_to_update(const Rank *r, char *upd) {
     return n;
 }
 
+/* Screens each run of consecutive tensors to update with one call (a
+ * GPU answers each call with a wait for its stream), and names the first
+ * tensor with a non-finite gradient. */
 static void check_finite(const Rank *r, const char *upd, long t) {
     const ParamLayout *pl = r->plan->pl;
-    for (int i = 0; i < pl->n_tensors; i++) {
-        if (!upd[i]) continue;
-        const TensorInfo *ti = &pl->tensors[i];
-        if (r->be->first_nonfinite(r->be, r->d_grads + ti->offset, ti->numel) >= 0)
+    for (int i = 0; i < pl->n_tensors;) {
+        if (!upd[i]) {
+            i++;
+            continue;
+        }
+        int j = i;
+        while (j < pl->n_tensors && upd[j]) j++;
+        size_t lo = pl->tensors[i].offset;
+        size_t hi = pl->tensors[j - 1].offset + pl->tensors[j - 1].numel;
+        long bad = r->be->first_nonfinite(r->be, r->d_grads + lo, hi - lo);
+        if (bad >= 0) {
+            size_t at = lo + (size_t)bad;
+            int k = i;
+            while (k + 1 < j && pl->tensors[k + 1].offset <= at) k++;
             die("step %ld: non-finite gradient in %s; lower lr=, raise warmup= or set "
-                "grad_clip=", t + 1, ti->name);
+                "grad_clip=", t + 1, pl->tensors[k].name);
+        }
+        i = j;
     }
 }
 

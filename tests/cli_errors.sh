@@ -58,6 +58,11 @@ bad ".bin with a bad magic" magic data="$TMP/badmagic.bin" vocab_size=300
 mkbin "$TMP/bigtoken.bin" '\210\330\064\001'
 bad ".bin token >= vocab_size" "index 1234" data="$TMP/bigtoken.bin" vocab_size=300
 
+# A learning rate that blows the weights up: the update stops the run and
+# names the first tensor whose gradient is not finite.
+bad "diverging training" "non-finite gradient in" data="$CORPUS" steps=20 \
+    optimizer=sgd lr=1000 warmup=0 grad_clip=0 log_every=100
+
 # 3 ranks per pipeline hold 4 modules; n_layer=3 blocks.
 EMU="emulate=1 ranks=3 schedule=ouroboros"
 bad "partition with too few entries" partition $EMU data="$CORPUS" partition=1,1,1
