@@ -425,6 +425,28 @@ static void dev_free(CudaImpl *im, void *p) {
     *r = im->allocs[--im->n_allocs];
 }
 
+/* Scratch for the reductions over n floats (k_sumsq, k_first_nonfinite). */
+static float *reduction_scratch(CudaImpl *im, size_t n) {
+    size_t need = k_sumsq_scratch_floats(n);
+    if (need > im->red_scratch_floats) {
+        dev_free(im, im->red_scratch);
+        im->red_scratch = dev_alloc_dense(im, need * sizeof(float), "reduction scratch");
+        im->red_scratch_floats = need;
+    }
+    return im->red_scratch;
+}
+
+/* Sizes the reduction scratch for the largest tensor of the layout before
+ * the first step, so the update never grows it: its cudaFree would wait
+ * for the whole device, NCCL sends that wait for a peer's next step
+ * included (a deadlock, see transport_nccl.c). */
+static void reserve_reduction_scratch(CudaImpl *im, const ParamLayout *pl) {
+    size_t most = 1;
+    for (int i = 0; i < pl->n_tensors; i++)
+        if (pl->tensors[i].numel > most) most = pl->tensors[i].numel;
+    (void)reduction_scratch(im, most);
+}
+
 /* ---- the Backend's memory members ---- */
 
 static float *cu_alloc(Backend *be, size_t n) {
@@ -785,6 +807,7 @@ static BackendActs *cu_acts_create(Backend *be, const ParamLayout *pl, const Mod
     acts_carve(a, &d, &h);
     if (m->has_embed) a->h_count = xcalloc((size_t)a->V + 1, sizeof(int32_t));
     cudaCheck(cudaEventCreateWithFlags(&a->staging, cudaEventDisableTiming));
+    reserve_reduction_scratch(im, pl);
     return a;
 }
 
@@ -1248,16 +1271,6 @@ static void cu_backward(Backend *be, const ParamLayout *pl, const float *params,
 }
 
 /* ================================================================ update */
-
-static float *reduction_scratch(CudaImpl *im, size_t n) {
-    size_t need = k_sumsq_scratch_floats(n);
-    if (need > im->red_scratch_floats) {
-        dev_free(im, im->red_scratch);
-        im->red_scratch = dev_alloc_dense(im, need * sizeof(float), "reduction scratch");
-        im->red_scratch_floats = need;
-    }
-    return im->red_scratch;
-}
 
 static double cu_sumsq(Backend *be, const float *g, size_t n) {
     CudaImpl *im = enter(be);

@@ -18,7 +18,13 @@
  * with no algorithm, the product runs plain and the bias and GELU follow
  * as the project's kernels (k_add_bias, k_gelu_forward). The answer is a
  * function of the GPU, the library version and the call's shape, types
- * and alignments, so one machine always takes the same path.
+ * and alignments, so one machine always takes the same path. A fused
+ * product that the heuristic offers but cublasLtMatmul then refuses (not
+ * supported, invalid value) takes the same fallback, from then on.
+ * cuBLASLt's alignment preferences name A, B, C and D only, and fused
+ * kernels have been seen to assume a 16-byte aligned bias; a bias (a
+ * parameter slice, which may start at any float) or aux buffer below 16
+ * bytes of alignment is therefore never handed to an epilogue.
  *
  * GELU fusion is off when the creator asks (fuse_gelu = 0, the fp32
  * precision used to check the GPU against the CPU): cuBLASLt does not
@@ -34,6 +40,7 @@
 #include "cuda_matmul.h"
 
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -44,6 +51,10 @@
 
 /* 32 MiB: what cuBLAS recommends for Hopper (4 MiB suffice before it). */
 enum { MATMUL_WORKSPACE_BYTES = 32 << 20 };
+
+/* The alignment, in bytes, below which a bias or aux pointer is not given
+ * to an epilogue (see the top of this file). */
+enum { EPILOGUE_MIN_ALIGN = 16 };
 
 /* Everything the heuristic's choice depends on. Laid out without padding
  * so keys compare with memcmp. */
@@ -124,6 +135,11 @@ static uint32_t alignment_of(const void *p) {
     uint32_t al = 1;
     while (al < 256 && (a & al) == 0) al <<= 1;
     return al;
+}
+
+/* 1 when an epilogue may read or write p (NULL: nothing to read). */
+static int epilogue_aligned(const void *p) {
+    return p == NULL || alignment_of(p) >= EPILOGUE_MIN_ALIGN;
 }
 
 static void desc_set(cublasLtMatmulDesc_t d, cublasLtMatmulDescAttributes_t attr,
@@ -248,16 +264,33 @@ static int lt_gemm(CudaMatmul *mm, const char *what, cublasOperation_t op_a,
     Plan *p = plan_get(mm, &key, bias, aux);
     if (!p->supported) {
         if (may_fail) return 0;
-        die("%s: cuBLASLt offers no algorithm for m=%d n=%d k=%d with %s inputs and %s "
-            "output (status %d); check the CUDA toolkit and the GPU",
-            what, m, n, k, type_name(key.ab_type), type_name(key.cd_type), p->status);
+        die("%s: cuBLASLt offers no algorithm for m=%d n=%d k=%d (ld %lld %lld %lld, "
+            "alignment A %u B %u D %u bytes) with %s inputs and %s output (status %d); "
+            "check the CUDA toolkit and the GPU (CUBLASLT_LOG_LEVEL=5 shows why)",
+            what, m, n, k, (long long)lda, (long long)ldb, (long long)ldc, key.align[0],
+            key.align[1], key.align[2], type_name(key.ab_type), type_name(key.cd_type),
+            p->status);
     }
     if (bias) desc_set(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias);
     if (aux) desc_set(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof aux);
     const float alpha = 1.0f;
-    cublasCheck(cublasLtMatmul(mm->lt, p->desc, &alpha, A, p->la, B, p->lb, &beta, D, p->lc,
-                               D, p->lc, &p->algo, mm->workspace, mm->workspace_bytes,
-                               mm->stream));
+    cublasStatus_t st = cublasLtMatmul(mm->lt, p->desc, &alpha, A, p->la, B, p->lb, &beta, D,
+                                       p->lc, D, p->lc, &p->algo, mm->workspace,
+                                       mm->workspace_bytes, mm->stream);
+    /* A refusal is decided on the host before anything is launched, so
+     * nothing was written: a fused product falls back, now and on every
+     * later call with this key. */
+    if (may_fail && (st == CUBLAS_STATUS_NOT_SUPPORTED || st == CUBLAS_STATUS_INVALID_VALUE ||
+                     st == CUBLAS_STATUS_ARCH_MISMATCH)) {
+        p->supported = 0;
+        p->status = (int)st;
+        return 0;
+    }
+    if (st != CUBLAS_STATUS_SUCCESS) {
+        char call[96];
+        snprintf(call, sizeof call, "cublasLtMatmul (%s, m=%d n=%d k=%d)", what, m, n, k);
+        cublas_check_failed((int)st, call, __FILE__, __LINE__);
+    }
     return 1;
 }
 
@@ -274,8 +307,8 @@ static int forward_epilogue(CudaMatmul *mm, void *y, const void *x, const void *
 
 void cuda_matmul_forward(CudaMatmul *mm, void *y, const void *x, const void *W,
                          const float *bias, OuroDType t, int N, int IC, int OC) {
-    if (bias && forward_epilogue(mm, y, x, W, bias, NULL, CUBLASLT_EPILOGUE_BIAS, t, N, IC,
-                                 OC, 1))
+    if (bias && epilogue_aligned(bias) &&
+        forward_epilogue(mm, y, x, W, bias, NULL, CUBLASLT_EPILOGUE_BIAS, t, N, IC, OC, 1))
         return;
     forward_epilogue(mm, y, x, W, NULL, NULL, CUBLASLT_EPILOGUE_DEFAULT, t, N, IC, OC, 0);
     if (bias) k_add_bias(y, t, bias, N, OC, mm->stream);
@@ -285,7 +318,7 @@ void cuda_matmul_forward_gelu(CudaMatmul *mm, void *out, void *pre, const void *
                               const void *W, const float *bias, OuroDType t, int N, int IC,
                               int OC) {
     /* aux's leading dimension (OC) must be a multiple of 8 */
-    if (mm->fuse_gelu && OC % 8 == 0) {
+    if (mm->fuse_gelu && OC % 8 == 0 && epilogue_aligned(bias) && epilogue_aligned(pre)) {
         cublasLtEpilogue_t epi =
             bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX;
         if (forward_epilogue(mm, out, x, W, bias, pre, epi, t, N, IC, OC, 1)) return;

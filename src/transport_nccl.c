@@ -32,14 +32,18 @@
  * which one end only sends and the other only receives. On every rank each
  * communicator then holds the messages of one (kind, peer) pair in send
  * order, which is the order the executor receives them in, and a send
- * waiting for its receiver never holds up anything else. split_groups builds these (it needs the pipeline length, which enable
- * does not know); a message between ranks that are not ring neighbours is
- * refused with a message. With that, any schedule that is deadlock-free
- * over the MPI transport (sends buffered, receives blocking) is
- * deadlock-free here too, as long as the GPU can hold the few waiting
- * NCCL kernels next to the compute (one per communicator at most) and
- * nothing synchronizes the whole device (cudaDeviceSynchronize, cudaFree)
- * while a send waits for a peer's next step.
+ * waiting for its receiver never holds up anything else. split_groups
+ * builds these (it needs the pipeline length, which enable does not know)
+ * and connects each at once with a one-byte transfer (NCCL would
+ * otherwise connect at the first message, blocking the sender's host
+ * until the receiver gets there: see preconnect); a message between ranks
+ * that are not ring neighbours is refused with a message. With that, any
+ * schedule that is deadlock-free over the MPI transport (sends buffered,
+ * receives blocking) is deadlock-free here too, as long as the GPU can
+ * hold the few waiting NCCL kernels next to the compute (one per
+ * communicator at most) and nothing synchronizes the whole device
+ * (cudaDeviceSynchronize, cudaFree) while a send waits for a peer's next
+ * step.
  *
  * Overlap. Every communicator has a stream of its own (non-blocking, top
  * priority, on the backend's GPU). A send copies the caller's tensor into
@@ -422,6 +426,9 @@ static void nccl_send_device(Transport *t, int dst, MsgKey key, const void *dev,
     Channel *ch = channel_for(n, lane, dst, 1, key);
     int64_t *seq = &n->sent_seq[(size_t)lane * (size_t)t->size + (size_t)dst];
     DeviceHeader h = {(int64_t)bytes, ++*seq};
+    /* The header first: the receiver can post its ncclRecv while this
+     * rank's compute, which the send waits for, still runs. */
+    t->send(t, dst, key, &h, sizeof h);
     if (bytes) {
         int b = stage_take(n, bytes, n->compute);
         /* on the compute stream: the caller may reuse dev once we return */
@@ -432,7 +439,6 @@ static void nccl_send_device(Transport *t, int dst, MsgKey key, const void *dev,
         stage_release(n, b, ch->stream);
     }
     t->comm_s += now_seconds() - t0;
-    t->send(t, dst, key, &h, sizeof h);
 }
 
 static void receive_failed(Channel *ch, ncclResult_t res, MsgKey key, int src,
@@ -686,10 +692,39 @@ static ncclComm_t split_world(NcclImpl *n, int color, int key) {
     return c;
 }
 
+/* NCCL connects the two ends of a point-to-point pair lazily, at their
+ * first send and receive, and that set-up blocks the host until the peer
+ * takes part. Left to the first message, it would deadlock: a sender
+ * blocked in ncclSend never posts the header its receiver waits for, and
+ * a message received only in the peer's next step (the pipelined
+ * schedules) holds the sender inside this step's ncclSend while the peer
+ * waits for it elsewhere (the stop vote, the statistics). So every channel
+ * moves one byte as soon as it exists, while both ends are here, in the
+ * same round of the splits: later sends only enqueue work. The connection
+ * covers every NCCL channel the pair will use, whatever the message size. */
+static void preconnect(NcclImpl *n, Channel *ch, int sends, int lane, void *probe) {
+    if (sends)
+        ncclCheck(ncclSend(probe, 1, ncclUint8, ch->peer, ch->comm, ch->stream));
+    else
+        ncclCheck(ncclRecv(probe, 1, ncclUint8, ch->peer, ch->comm, ch->stream));
+    cudaCheck(cudaEventRecord(n->landed, ch->stream));
+    double waited = 0.0;
+    ncclResult_t res = wait_event(n, n->landed, ch->comm, &waited);
+    if (res == ncclSuccess) return;
+    char detail[512];
+    abort_comm(ch->comm, detail, sizeof detail);
+    ch->comm = NULL;
+    die("connecting the NCCL channel for %s %s rank %d failed (%s) after %.0f s: is the "
+        "peer's GPU reachable (NCCL_DEBUG=WARN for NCCL's view)?%s%s", lane_names[lane],
+        sends ? "to" : "from", ch->peer_world,
+        res == ncclInProgress ? "timed out" : ncclGetErrorString(res), waited,
+        detail[0] ? ": " : "", detail);
+}
+
 /* Builds the two channels of one kind. Forward kinds (activations) flow
  * from pipeline rank i to i + 1, gradients from i + 1 to i. On edge e the
  * lower end (rank e) has key 0, the upper end key 1. */
-static void connect_lane(NcclImpl *n, int lane, int world_rank, int P) {
+static void connect_lane(NcclImpl *n, int lane, int world_rank, int P, void *probe) {
     int j = world_rank / P, i = world_rank % P;
     int up = (i + 1) % P, down = (i + P - 1) % P; /* edges i and i - 1 */
     int next = j * P + up, prev = j * P + down;
@@ -724,6 +759,7 @@ static void connect_lane(NcclImpl *n, int lane, int world_rank, int P) {
         ch->peer = 1 - me;
         ch->peer_world = peer_world;
         ch->stream = new_stream(n);
+        preconnect(n, ch, ch == &n->out[lane], lane, probe);
     }
 }
 
@@ -736,8 +772,13 @@ static int split_groups(Transport *t, int pipe_ranks) {
         die("cannot split %d ranks into pipelines of %d ranks (an integration bug)", t->size,
             P);
     cudaCheck(cudaSetDevice(n->device));
+    /* the byte each channel moves to connect, whatever its value (nothing
+     * else runs yet, so cudaFree's wait for the whole device costs nothing) */
+    void *probe = NULL;
+    cudaCheck(cudaMalloc(&probe, 256));
     /* The same calls in the same order on every rank: each is collective. */
-    for (int lane = 0; lane < N_LANES; lane++) connect_lane(n, lane, t->rank, P);
+    for (int lane = 0; lane < N_LANES; lane++) connect_lane(n, lane, t->rank, P, probe);
+    cudaCheck(cudaFree(probe));
     int R = t->size / P;
     if (R > 1 && R < t->size) {
         /* stage group of pipeline rank p: p, p + P, ..., in replica order */
@@ -779,8 +820,9 @@ void transport_nccl_disable(Transport *t) {
             n->self_msgs[lane] = m->next;
             free(m);
         }
-    /* creation order is the same on every rank */
-    for (int i = 0; i < n->n_created; i++) ncclCheck(ncclCommDestroy(n->created[i]));
+    /* The split communicators before the world one they came from, in an
+     * order that is the same on every rank (the reverse of creation). */
+    for (int i = n->n_created - 1; i >= 0; i--) ncclCheck(ncclCommDestroy(n->created[i]));
     for (int lane = 0; lane < N_LANES; lane++) {
         if (n->out[lane].stream) cudaCheck(cudaStreamDestroy(n->out[lane].stream));
         if (n->in[lane].stream) cudaCheck(cudaStreamDestroy(n->in[lane].stream));
