@@ -166,12 +166,26 @@ Backend *backend_cpu_create(void) {
     return be;
 }
 
+/* device=cpu-staged: the CPU's math behind the memory contract of a GPU.
+ * Its buffers are plain host memory, but it says they are not, so the
+ * executor takes every path a GPU takes (separate host copies of the
+ * state, activations staged through host buffers, uploads after a
+ * checkpoint is restored, downloads before one is written), and a test
+ * can check those paths against device=cpu bit for bit. */
+static Backend *backend_cpu_staged_create(void) {
+    Backend *be = backend_cpu_create();
+    be->name = "cpu-staged";
+    be->host_memory = 0;
+    return be;
+}
+
 Backend *backend_create(const Config *c, int rank, int local_rank) {
-    if (strcmp(c->device, "cpu") == 0) {
+    int staged = strcmp(c->device, "cpu-staged") == 0;
+    if (strcmp(c->device, "cpu") == 0 || staged) {
         if (strcmp(c->precision, "bf16") == 0)
             die("config: precision=bf16 needs device=cuda; the CPU backend computes in fp32 "
                 "(leave precision=auto)");
-        return backend_cpu_create();
+        return staged ? backend_cpu_staged_create() : backend_cpu_create();
     }
 #ifdef HAVE_CUDA
     return backend_cuda_create(c, rank, local_rank);

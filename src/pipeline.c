@@ -813,7 +813,7 @@ static void report_progress(Rank *r, Reporter *rep, long t) {
 }
 
 static void print_memory(const Plan *p, const double *cur) {
-    int gpu = strcmp(p->cfg->device, "cpu") != 0;
+    int gpu = strcmp(p->cfg->device, "cuda") == 0;
     printf("peak memory per rank (parameters+gradients, optimizer state, activations; "
            "process peak RSS%s):\n", gpu ? "; peak GPU memory allocated" : "");
     for (int w = 0; w < p->world; w++) {
@@ -920,7 +920,7 @@ void pipeline_rank_main(Transport *tp, void *arg) {
     const Config *c = p->cfg;
     backend_thread_init();
     Backend *be = backend_create(c, tp->rank, tp->local_rank);
-    if (!be->host_memory && tp->enable_device) tp->enable_device(tp, be, p->pipe_ranks);
+    if (be->device >= 0 && tp->enable_device) tp->enable_device(tp, be, p->pipe_ranks);
     Rank r;
     rank_init(&r, p, tp, be);
     Reporter rep;

@@ -57,7 +57,9 @@
     INT(trace, 0, 0, 1, "1: write <out>/trace-rank<R>.txt, the actions of each step") \
     DBL(comm_timeout, 300.0, 0.1, 1e9, "seconds a rank waits for a peer before giving up") \
     INT(threads, 1, 1, 1024, "BLAS threads per process")                        \
-    ENUM(device, "cpu|cuda", "where the math runs: the CPU, or one GPU per rank") \
+    ENUM(device, "cpu|cuda|cpu-staged",                                        \
+         "where the math runs: the CPU, one GPU per rank, or (for tests) the CPU "  \
+         "through the GPU's memory paths")                                      \
     ENUM(precision, "auto|fp32|bf16",                                           \
          "math precision (auto: bf16 matrix inputs on cuda, fp32 on cpu)")      \
     INT(sample_tokens, 200, 0, 1 << 20, "tokens sampled at the end of training") \
