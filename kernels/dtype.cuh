@@ -103,15 +103,9 @@ static inline unsigned grid_stride_blocks(size_t n, int threads) {
     return (unsigned)(blocks < cap ? blocks : cap);
 }
 
-/* After every launch: a bad configuration is reported here, naming the
- * kernel, rather than by a later unrelated call. */
-#define OURO_CHECK_LAUNCH(kernel_name)                                          \
-    do {                                                                       \
-        cudaError_t launch_err_ = cudaGetLastError();                          \
-        if (launch_err_ != cudaSuccess)                                        \
-            cuda_check_failed(launch_err_, "launch of " kernel_name, __FILE__, \
-                              __LINE__);                                       \
-    } while (0)
+/* After every launch: cudaCheckLaunch (cuda_check.h), which names the
+ * kernel. */
+#define OURO_CHECK_LAUNCH(kernel_name) cudaCheckLaunch(kernel_name)
 
 [[noreturn]] static inline void die_bad_dtype(const char *where, OuroDType t) {
     die("%s: unknown element type %d (OURO_F32 = 0 or OURO_BF16 = 1 expected); the caller "

@@ -502,24 +502,11 @@ static size_t cu_peak_bytes(Backend *be) { return ((CudaImpl *)be->impl)->peak_b
 
 /* ================================================================ weights */
 
-/* The parameter slices a module's forward reads: its own, and wte for a
- * head that does not own it (model.c weight_spans). Returns the count. */
-static int weight_spans(const ParamLayout *pl, const ModuleSpec *m, size_t lo[2],
-                        size_t n[2]) {
-    size_t hi;
-    module_param_range(pl, m, &lo[0], &hi);
-    n[0] = hi - lo[0];
-    if (!m->has_head || m->has_embed) return 1;
-    lo[1] = pl->tensors[tensor_index_wte()].offset;
-    n[1] = pl->tensors[tensor_index_wte()].numel;
-    return 2;
-}
-
 /* The same, as ranges [lo, hi) for alloc_sparse. */
 static int weight_ranges(const ParamLayout *pl, const ModuleSpec *m, size_t lo[2],
                          size_t hi[2]) {
     size_t n[2];
-    int k = weight_spans(pl, m, lo, n);
+    int k = module_weight_spans(pl, m, lo, n);
     for (int i = 0; i < k; i++) hi[i] = lo[i] + n[i];
     return k;
 }
@@ -635,7 +622,7 @@ static Weights forward_weights(CudaImpl *im, const ParamLayout *pl, const Module
                                BackendActs *a, const float *params) {
     Weights w = {params, (const char *)params, sizeof(float)};
     size_t lo[2], n[2];
-    int k = weight_spans(pl, m, lo, n);
+    int k = module_weight_spans(pl, m, lo, n);
     if (a->keep) copy_spans(im, a->w32, params, sizeof(float), lo, n, k);
     if (im->dt == OURO_F32) return w;
     w.es = 2;
@@ -671,7 +658,7 @@ static Weights backward_weights(CudaImpl *im, const ParamLayout *pl, const Modul
         return w;
     }
     size_t lo[2], n[2];
-    int k = weight_spans(pl, m, lo, n);
+    int k = module_weight_spans(pl, m, lo, n);
     ensure_w16(im, pl, a);
     cast_spans(im, a->w16, params, lo, n, k);
     w.pm = a->w16;
@@ -902,7 +889,7 @@ static int acts_state_spans(const ParamLayout *pl, const BackendActs *a, DevSpan
     }
     if (a->keep) {
         size_t lo[2], cnt[2];
-        int k = weight_spans(pl, &a->spec, lo, cnt);
+        int k = module_weight_spans(pl, &a->spec, lo, cnt);
         for (int i = 0; i < k; i++) SPAN(a->w32 + lo[i], cnt[i] * sizeof(float));
         if (a->dt == OURO_BF16)
             for (int i = 0; i < k; i++) SPAN((char *)a->w16 + lo[i] * 2, cnt[i] * 2);

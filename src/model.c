@@ -194,9 +194,7 @@ struct ModuleActs {
     size_t bytes;
 };
 
-/* The parameter slices a module's forward reads: its own, and wte for a
- * head that does not own it. Returns how many (1 or 2). */
-static int weight_spans(const ParamLayout *pl, const ModuleSpec *m, size_t lo[2],
+int module_weight_spans(const ParamLayout *pl, const ModuleSpec *m, size_t lo[2],
                         size_t n[2]) {
     size_t hi;
     module_param_range(pl, m, &lo[0], &hi);
@@ -211,7 +209,7 @@ void module_acts_keep_weights(const ParamLayout *pl, ModuleActs *a) {
     if (a->weights) return;
     a->weights = xcalloc(pl->n_params, sizeof(float)); /* untouched pages stay unmapped */
     size_t lo[2], n[2];
-    int k = weight_spans(pl, &a->spec, lo, n);
+    int k = module_weight_spans(pl, &a->spec, lo, n);
     for (int i = 0; i < k; i++) a->bytes += n[i] * sizeof(float);
 }
 
@@ -332,7 +330,7 @@ static int acts_state_spans(const ParamLayout *pl, const ModuleActs *a, StateSpa
     }
     if (a->weights) {
         size_t lo[2], cnt[2];
-        int k = weight_spans(pl, &a->spec, lo, cnt);
+        int k = module_weight_spans(pl, &a->spec, lo, cnt);
         for (int i = 0; i < k; i++) SPAN(a->weights + lo[i], cnt[i]);
     }
 #undef SPAN
@@ -432,7 +430,7 @@ const float *module_forward(const ParamLayout *pl, const float *params,
     a->cur_T = T;
     if (a->weights) {
         size_t lo[2], n[2];
-        int k = weight_spans(pl, m, lo, n);
+        int k = module_weight_spans(pl, m, lo, n);
         for (int i = 0; i < k; i++)
             memcpy(a->weights + lo[i], params + lo[i], n[i] * sizeof(float));
     }

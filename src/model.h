@@ -103,6 +103,11 @@ typedef struct {
  * stays with the embedding module (both live on rank 0). */
 void module_param_range(const ParamLayout *pl, const ModuleSpec *m,
                         size_t *lo, size_t *hi);
+/* The parameter slices a module's forward reads: its own, and wte for a
+ * head that does not own it (as offsets lo[i] and float counts n[i]).
+ * Returns how many (1 or 2). */
+int module_weight_spans(const ParamLayout *pl, const ModuleSpec *m, size_t lo[2],
+                        size_t n[2]);
 /* Same, in tensor indices [first, last). */
 void module_tensor_range(const ParamLayout *pl, const ModuleSpec *m,
                          int *first, int *last);
