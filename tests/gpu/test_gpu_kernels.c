@@ -4,16 +4,34 @@
  * on several shapes: T below, at and just past multiples of the 64-token
  * tiles, head sizes 8, 32 and 64, widths up to GPT-2 XL's 1600.
  *
+ *   test_gpu_kernels              every group
+ *   test_gpu_kernels GROUP...     those groups (names: --list)
+ *   test_gpu_kernels --device     only says which GPU there is (exit 0 or 77)
+ *
+ * Groups are independent: each seeds its own random stream, so a group
+ * run alone sees the inputs it sees in a full run, and tests/gpu/run.sh
+ * runs each in a process of its own, so a kernel that kills the process
+ * (an illegal address is fatal to the whole CUDA context) or hangs hides
+ * no other group.
+ *
  * Inputs of a bf16 run are rounded to bf16 on the host first and the CPU
  * reference runs on those rounded values, so a bf16 check measures only
  * what the GPU itself adds: the rounding of its bf16 outputs (and of any
  * bf16 intermediate), not the rounding of the inputs.
  *
  * One line per check:
- *   PASS|FAIL  name  shape  inputs/output dtype  max_abs  rel  tol
- * where rel = max |gpu - cpu| / max |cpu| over the output, and tol comes
- * from the table below. Exit 0 when every check passes, 1 otherwise, and
- * 77 (automake's SKIP) when no GPU is visible.
+ *   name  shape  inputs/output dtype  max_abs  rel  tol  PASS|FAIL
+ * The name, shape and dtypes are printed (and flushed) BEFORE the check's
+ * kernels run, the figures and the verdict after: a kernel that dies
+ * (cudaCheck reports through die(), which exits) or hangs leaves the name
+ * of its check as the last line of the log, followed by the error.
+ * rel = max |gpu - cpu| / max |cpu| over the output, and tol comes from
+ * the table below. Outputs a kernel must write are filled with garbage
+ * first, so a kernel that writes nothing cannot pass on a previous
+ * result, and a reference that is all zero fails the check (it could not
+ * tell a right output from a missing one) unless zero is what is checked.
+ * Exit 0 when every check passes, 1 otherwise, 2 on a bad argument, and 77
+ * (automake's SKIP) when no GPU is visible.
  */
 #include <math.h>
 #include <stdint.h>
@@ -77,12 +95,15 @@ static double tol_of(TolClass k, OuroDType out) {
     return out == OURO_BF16 ? TOLERANCE[k].bf16 : TOLERANCE[k].fp32;
 }
 
-/* ---- context: the stream, the random stream and the tally ---- */
+/* ---- context: the stream, the random stream, the tally and the check
+ * whose line is open ---- */
 
 typedef struct {
     cudaStream_t s;
     Rng rng;
     int checks, failed;
+    int open;      /* 1 between check_begin and the end of that check's line */
+    OuroDType out; /* dtype of the output of the open check */
 } Ctx;
 
 static const char *dtype_name(OuroDType t) { return t == OURO_BF16 ? "bf16" : "fp32"; }
@@ -141,6 +162,11 @@ static void *dev_alloc(size_t bytes) {
 
 static void dev_free(void *p) { cudaCheck(cudaFree(p)); }
 
+/* Fills an output with 0x7f bytes, a huge finite value in fp32 and in
+ * bf16 (3.4e38), before the kernel that must overwrite it: an element it
+ * does not write, or adds to instead of writing, fails the comparison. */
+static void poison(void *p, size_t bytes) { cudaCheck(cudaMemset(p, 0x7f, bytes)); }
+
 /* Writes x[0, n) into device memory as dtype t (x must already hold
  * values t represents, see round_to). */
 static void upload_into(void *dst, const float *x, size_t n, OuroDType t) {
@@ -184,13 +210,36 @@ static float *download(Ctx *c, const void *d, size_t n, OuroDType t) {
     return x;
 }
 
-/* ---- comparison ---- */
+/* ---- the line of a check ----
+ * check_begin prints the first half (name, shape, dtypes) and flushes it
+ * before any of the check's kernels is queued; one of the check_end_*
+ * functions prints the figures and the verdict. run is the dtype of the
+ * kernel's inputs, out that of the output compared. */
 
-/* Prints the line of one check and counts it. max_abs is max |got - ref|
- * (infinite where got is not finite and ref is), rel is max_abs over
- * max |ref|. */
-static void check(Ctx *c, const char *name, const char *shape, OuroDType run, OuroDType out,
-                  const float *ref, const float *got, size_t n, double tol) {
+static void check_begin(Ctx *c, const char *name, const char *shape, OuroDType run,
+                        OuroDType out) {
+    if (c->open) die("test_gpu_kernels: check '%s' begun while another is open", name);
+    printf("%-40s %-24s %s/%s  ", name, shape, dtype_name(run), dtype_name(out));
+    fflush(stdout);
+    c->open = 1;
+    c->out = out;
+}
+
+static void check_end(Ctx *c, int ok, const char *detail) {
+    if (!c->open) die("test_gpu_kernels: a check ended that was never begun");
+    c->open = 0;
+    c->checks++;
+    if (!ok) c->failed++;
+    printf("%s  %s\n", detail, ok ? "PASS" : "FAIL");
+    fflush(stdout);
+}
+
+/* Ends the open check by comparing got with ref. max_abs is max |got - ref|
+ * (infinite where got is NaN or infinite and ref is not), rel is max_abs
+ * over max |ref|. A reference that is all zero fails unless zero_ok: it
+ * would pass an output the kernel never wrote. */
+static void check_end_compare(Ctx *c, const float *ref, const float *got, size_t n, double tol,
+                              int zero_ok) {
     double max_abs = 0.0, max_ref = 0.0;
     for (size_t i = 0; i < n; i++) {
         double r = ref[i], g = got[i];
@@ -200,31 +249,23 @@ static void check(Ctx *c, const char *name, const char *shape, OuroDType run, Ou
         if (fabs(r) > max_ref) max_ref = fabs(r);
     }
     double rel = max_ref > 0.0 ? max_abs / max_ref : max_abs;
-    int ok = rel <= tol; /* an infinite error fails */
-    c->checks++;
-    if (!ok) c->failed++;
-    printf("%s  %-38s %-24s %s/%s  max_abs %.3e  rel %.3e  tol %.1e\n",
-           ok ? "PASS" : "FAIL", name, shape, dtype_name(run), dtype_name(out), max_abs, rel,
-           tol);
-    fflush(stdout);
+    int ok = rel <= tol; /* an infinite or NaN error fails */
+    char detail[160];
+    if (max_ref == 0.0 && !zero_ok) {
+        ok = 0;
+        snprintf(detail, sizeof detail,
+                 "max_abs %.3e  the reference is all zero: nothing to compare", max_abs);
+    } else {
+        snprintf(detail, sizeof detail, "max_abs %.3e  rel %.3e  tol %.1e", max_abs, rel, tol);
+    }
+    check_end(c, ok, detail);
 }
 
-/* A check whose outcome is a yes or no (an index, bit equality). */
-static void check_true(Ctx *c, const char *name, const char *shape, OuroDType t, int ok,
-                       const char *detail) {
-    c->checks++;
-    if (!ok) c->failed++;
-    printf("%s  %-38s %-24s %s/%s  %s\n", ok ? "PASS" : "FAIL", name, shape, dtype_name(t),
-           dtype_name(t), detail);
-    fflush(stdout);
-}
-
-/* Compares device array d, stored as dtype out, with a host reference;
- * run is the dtype of the kernel's inputs. */
-static void check_device(Ctx *c, const char *name, const char *shape, OuroDType run,
-                         OuroDType out, const float *ref, const void *d, size_t n, double tol) {
-    float *got = download(c, d, n, out);
-    check(c, name, shape, run, out, ref, got, n, tol);
+/* Ends the open check by comparing device array d, stored in the dtype
+ * given to check_begin, with a host reference. */
+static void check_end_device(Ctx *c, const float *ref, const void *d, size_t n, double tol) {
+    float *got = download(c, d, n, c->out);
+    check_end_compare(c, ref, got, n, tol, 0);
     free(got);
 }
 
@@ -249,6 +290,8 @@ static void shape_text(char *out, size_t len, const Shape *s) {
     snprintf(out, len, "B=%d T=%d C=%d NH=%d", s->B, s->T, s->C, s->NH);
 }
 
+static const OuroDType DTYPES[2] = {OURO_F32, OURO_BF16};
+
 /* ---- conversions and element-wise ---- */
 
 static void test_cast(Ctx *c, size_t n) {
@@ -258,18 +301,21 @@ static void test_cast(Ctx *c, size_t n) {
     float *xr = host_copy(x, n);
     round_to(xr, n, OURO_BF16);
     void *f32 = upload(x, n, OURO_F32);
-    void *b16 = dev_alloc(n * 2);
-    /* fp32 -> bf16 must round to nearest even, exactly as the host does */
-    k_cast(b16, OURO_BF16, f32, OURO_F32, n, c->s);
-    check_device(c, "cast fp32->bf16", shape, OURO_F32, OURO_BF16, xr, b16, n, 0.0);
-    void *back = dev_alloc(n * 4);
-    k_cast(back, OURO_F32, b16, OURO_BF16, n, c->s);
-    check_device(c, "cast bf16->fp32", shape, OURO_BF16, OURO_F32, xr, back, n, 0.0);
+    void *b16 = dev_alloc(n * 2), *back = dev_alloc(n * 4);
     void *same32 = dev_alloc(n * 4), *same16 = dev_alloc(n * 2);
+    /* fp32 -> bf16 must round to nearest even, exactly as the host does */
+    check_begin(c, "cast fp32->bf16", shape, OURO_F32, OURO_BF16);
+    k_cast(b16, OURO_BF16, f32, OURO_F32, n, c->s);
+    check_end_device(c, xr, b16, n, 0.0);
+    check_begin(c, "cast bf16->fp32", shape, OURO_BF16, OURO_F32);
+    k_cast(back, OURO_F32, b16, OURO_BF16, n, c->s);
+    check_end_device(c, xr, back, n, 0.0);
+    check_begin(c, "cast fp32->fp32", shape, OURO_F32, OURO_F32);
     k_cast(same32, OURO_F32, f32, OURO_F32, n, c->s);
-    check_device(c, "cast fp32->fp32", shape, OURO_F32, OURO_F32, x, same32, n, 0.0);
+    check_end_device(c, x, same32, n, 0.0);
+    check_begin(c, "cast bf16->bf16", shape, OURO_BF16, OURO_BF16);
     k_cast(same16, OURO_BF16, b16, OURO_BF16, n, c->s);
-    check_device(c, "cast bf16->bf16", shape, OURO_BF16, OURO_BF16, xr, same16, n, 0.0);
+    check_end_device(c, xr, same16, n, 0.0);
     dev_free(f32);
     dev_free(b16);
     dev_free(back);
@@ -285,26 +331,31 @@ static void test_elementwise(Ctx *c, size_t n, OuroDType t) {
     float *a = host_normal(c, n, 0.0, 1.0), *b = host_normal(c, n, 0.0, 1.0);
     void *da = upload(a, n, OURO_F32), *db = upload(b, n, t);
     float *ref = xmalloc(n * sizeof(float));
+    double tol = tol_of(TOL_ROUNDING, OURO_F32); /* every output here is fp32 */
 
     /* y = a + b, into a fresh y and in place (y = a) */
     residual_forward(ref, a, b, (int)n);
     float *dy = dev_alloc(n * 4);
+    poison(dy, n * 4);
+    check_begin(c, "residual_forward", shape, t, OURO_F32);
     k_residual_forward(dy, da, db, t, n, c->s);
-    double tol = tol_of(TOL_ROUNDING, OURO_F32); /* every output here is fp32 */
-    check_device(c, "residual_forward", shape, t, OURO_F32, ref, dy, n, tol);
+    check_end_device(c, ref, dy, n, tol);
+    check_begin(c, "residual_forward (y = a)", shape, t, OURO_F32);
     k_residual_forward(da, da, db, t, n, c->s);
-    check_device(c, "residual_forward (y = a)", shape, t, OURO_F32, ref, da, n, tol);
+    check_end_device(c, ref, da, n, tol);
 
     /* dst += src: ref (= a + b) + b */
     float *acc = host_copy(ref, n);
     for (size_t i = 0; i < n; i++) acc[i] += b[i];
+    check_begin(c, "accumulate", shape, t, OURO_F32);
     k_accumulate(da, db, t, n, c->s);
-    check_device(c, "accumulate", shape, t, OURO_F32, acc, da, n, tol);
+    check_end_device(c, acc, da, n, tol);
 
     if (t == OURO_F32) { /* x *= a, fp32 only */
         for (size_t i = 0; i < n; i++) acc[i] *= -0.37f;
+        check_begin(c, "scale", shape, t, OURO_F32);
         k_scale((float *)da, -0.37f, n, c->s);
-        check_device(c, "scale", shape, t, OURO_F32, acc, da, n, tol);
+        check_end_device(c, acc, da, n, tol);
     }
     dev_free(da);
     dev_free(db);
@@ -354,11 +405,15 @@ static void test_embedding(Ctx *c, const Shape *s) {
     float *dwte_p = upload(wte, (size_t)V * C, OURO_F32);
     float *dwpe_p = upload(wpe, (size_t)T * C, OURO_F32);
     float *dout_dev = dev_alloc(NC * 4);
+    poison(dout_dev, NC * 4);
+    check_begin(c, "embedding_forward", shape, OURO_F32, OURO_F32);
     k_embedding_forward(dout_dev, dtok, dwte_p, dwpe_p, B, T, C, c->s);
-    double tol = tol_of(TOL_ROUNDING, OURO_F32);
-    check_device(c, "embedding_forward", shape, OURO_F32, OURO_F32, out, dout_dev, NC, tol);
+    check_end_device(c, out, dout_dev, NC, tol_of(TOL_ROUNDING, OURO_F32));
 
-    /* backward: gradients accumulate onto non-zero starting values */
+    /* backward: gradients accumulate onto non-zero starting values; the
+     * sums over positions may associate differently (the start value
+     * added first or last), so row-sum bounds */
+    double tol = tol_of(TOL_ROWS, OURO_F32);
     float *dout = host_normal(c, NC, 0.0, 1.0);
     float *gwte = host_normal(c, (size_t)V * C, 0.0, 0.1);
     float *gwpe = host_normal(c, (size_t)T * C, 0.0, 0.1);
@@ -366,9 +421,9 @@ static void test_embedding(Ctx *c, const Shape *s) {
     float *d_gwte = upload(gwte, (size_t)V * C, OURO_F32);
     float *d_gwpe = upload(gwpe, (size_t)T * C, OURO_F32);
     embedding_backward(gwte, gwpe, dout, tok, B, T, C);
+    check_begin(c, "embedding_backward_wpe", shape, OURO_F32, OURO_F32);
     k_embedding_backward_wpe(d_gwpe, d_dout, B, T, C, c->s);
-    check_device(c, "embedding_backward_wpe", shape, OURO_F32, OURO_F32, gwpe, d_gwpe,
-                 (size_t)T * C, tol);
+    check_end_device(c, gwpe, d_gwpe, (size_t)T * C, tol);
     int32_t *order = xmalloc((size_t)N * sizeof(int32_t));
     int32_t *seg_start = xmalloc(((size_t)N + 1) * sizeof(int32_t));
     int32_t *seg_token = xmalloc((size_t)N * sizeof(int32_t));
@@ -376,9 +431,9 @@ static void test_embedding(Ctx *c, const Shape *s) {
     int32_t *d_order = upload_i32(order, (size_t)N);
     int32_t *d_seg_start = upload_i32(seg_start, (size_t)n_seg + 1);
     int32_t *d_seg_token = upload_i32(seg_token, (size_t)n_seg);
+    check_begin(c, "embedding_backward_wte", shape, OURO_F32, OURO_F32);
     k_embedding_backward_wte(d_gwte, d_dout, d_order, d_seg_start, d_seg_token, n_seg, C, c->s);
-    check_device(c, "embedding_backward_wte", shape, OURO_F32, OURO_F32, gwte, d_gwte,
-                 (size_t)V * C, tol);
+    check_end_device(c, gwte, d_gwte, (size_t)V * C, tol);
 
     void *devs[] = {dtok, dwte_p, dwpe_p, dout_dev, d_dout, d_gwte, d_gwpe,
                     d_order, d_seg_start, d_seg_token};
@@ -390,10 +445,10 @@ static void test_embedding(Ctx *c, const Shape *s) {
 /* ---- LayerNorm ---- */
 
 static void test_layernorm(Ctx *c, const Shape *s, OuroDType t) {
-    char shape[64];
+    char shape[64], name[64];
     shape_text(shape, sizeof shape, s);
     int N = s->B * s->T, C = s->C;
-    size_t NC = (size_t)N * C;
+    size_t NC = (size_t)N * C, ybytes = NC * ouro_dtype_size(t);
     double tol_y = tol_of(TOL_ROWS, t), tol_f = tol_of(TOL_ROWS, OURO_F32);
     /* an offset and a spread, as the residual stream has */
     float *x = host_normal(c, NC, 0.3, 2.0);
@@ -403,14 +458,22 @@ static void test_layernorm(Ctx *c, const Shape *s, OuroDType t) {
     layernorm_forward(y, mean, rstd, x, w, b, N, C);
     float *dx_ = upload(x, NC, OURO_F32), *dw = upload(w, (size_t)C, OURO_F32);
     float *db = upload(b, (size_t)C, OURO_F32);
-    void *dy = dev_alloc(NC * ouro_dtype_size(t));
+    void *dy = dev_alloc(ybytes);
     float *dmean = dev_alloc((size_t)N * 4), *drstd = dev_alloc((size_t)N * 4);
+    poison(dy, ybytes);
+    poison(dmean, (size_t)N * 4);
+    poison(drstd, (size_t)N * 4);
+    check_begin(c, "layernorm_forward.y", shape, t, t);
     k_layernorm_forward(dy, t, dmean, drstd, dx_, dw, db, N, C, c->s);
-    check_device(c, "layernorm_forward.y", shape, t, t, y, dy, NC, tol_y);
-    check_device(c, "layernorm_forward.mean", shape, t, OURO_F32, mean, dmean, (size_t)N, tol_f);
-    check_device(c, "layernorm_forward.rstd", shape, t, OURO_F32, rstd, drstd, (size_t)N, tol_f);
+    check_end_device(c, y, dy, NC, tol_y);
+    check_begin(c, "layernorm_forward.mean", shape, t, OURO_F32);
+    check_end_device(c, mean, dmean, (size_t)N, tol_f);
+    check_begin(c, "layernorm_forward.rstd", shape, t, OURO_F32);
+    check_end_device(c, rstd, drstd, (size_t)N, tol_f);
 
-    /* fused residual + LayerNorm: res = a + r, y = LN(res); res apart and res = a */
+    /* fused residual + LayerNorm: res = a + r, y = LN(res); res apart and
+     * res = a. Every output is poisoned before each call, so the second
+     * call cannot pass on what the first one wrote. */
     float *a = host_normal(c, NC, 0.3, 1.5), *r = host_normal(c, NC, 0.0, 1.0);
     float *da = upload(a, NC, OURO_F32);
     void *dr = upload(r, NC, t);
@@ -420,23 +483,30 @@ static void test_layernorm(Ctx *c, const Shape *s, OuroDType t) {
     float *dres = dev_alloc(NC * 4);
     for (int in_place = 0; in_place < 2; in_place++) {
         float *out_res = in_place ? da : dres;
+        const char *tag = in_place ? " (res = a)" : "";
+        if (!in_place) poison(dres, NC * 4);
+        poison(dy, ybytes);
+        poison(dmean, (size_t)N * 4);
+        poison(drstd, (size_t)N * 4);
+        snprintf(name, sizeof name, "residual_layernorm.res%s", tag);
+        check_begin(c, name, shape, t, OURO_F32);
         k_residual_layernorm_forward(out_res, dy, t, dmean, drstd, da, dr, t, dw, db, N, C,
                                      c->s);
-        const char *tag = in_place ? " (res = a)" : "";
-        char name[64];
-        snprintf(name, sizeof name, "residual_layernorm.res%s", tag);
-        check_device(c, name, shape, t, OURO_F32, res, out_res, NC,
-                     tol_of(TOL_ROUNDING, OURO_F32));
+        check_end_device(c, res, out_res, NC, tol_of(TOL_ROUNDING, OURO_F32));
         snprintf(name, sizeof name, "residual_layernorm.y%s", tag);
-        check_device(c, name, shape, t, t, y, dy, NC, tol_y);
+        check_begin(c, name, shape, t, t);
+        check_end_device(c, y, dy, NC, tol_y);
         snprintf(name, sizeof name, "residual_layernorm.mean%s", tag);
-        check_device(c, name, shape, t, OURO_F32, mean, dmean, (size_t)N, tol_f);
+        check_begin(c, name, shape, t, OURO_F32);
+        check_end_device(c, mean, dmean, (size_t)N, tol_f);
         snprintf(name, sizeof name, "residual_layernorm.rstd%s", tag);
-        check_device(c, name, shape, t, OURO_F32, rstd, drstd, (size_t)N, tol_f);
+        check_begin(c, name, shape, t, OURO_F32);
+        check_end_device(c, rstd, drstd, (size_t)N, tol_f);
     }
 
-    /* backward, accumulating onto non-zero dx, dw, db; mean and rstd of
-     * the CPU forward of res */
+    /* backward, accumulating onto non-zero dx, dw, db (the CPU's
+     * layernorm_backward accumulates too); mean and rstd of the CPU
+     * forward of res, given to both */
     float *g = host_normal(c, NC, 0.0, 1.0);
     void *dg = upload(g, NC, t);
     float *gx = host_normal(c, NC, 0.0, 0.1), *gw = host_normal(c, (size_t)C, 0.0, 0.1);
@@ -448,10 +518,13 @@ static void test_layernorm(Ctx *c, const Shape *s, OuroDType t) {
     upload_into(drstd, rstd, (size_t)N, OURO_F32);
     float *scratch = dev_alloc(k_layernorm_backward_scratch_floats(N, C) * 4);
     layernorm_backward(gx, gw, gb, g, res, w, mean, rstd, N, C);
+    check_begin(c, "layernorm_backward.dx", shape, t, OURO_F32);
     k_layernorm_backward(dgx, dgw, dgb, scratch, dg, t, dres_in, dw, dmean, drstd, N, C, c->s);
-    check_device(c, "layernorm_backward.dx", shape, t, OURO_F32, gx, dgx, NC, tol_f);
-    check_device(c, "layernorm_backward.dw", shape, t, OURO_F32, gw, dgw, (size_t)C, tol_f);
-    check_device(c, "layernorm_backward.db", shape, t, OURO_F32, gb, dgb, (size_t)C, tol_f);
+    check_end_device(c, gx, dgx, NC, tol_f);
+    check_begin(c, "layernorm_backward.dw", shape, t, OURO_F32);
+    check_end_device(c, gw, dgw, (size_t)C, tol_f);
+    check_begin(c, "layernorm_backward.db", shape, t, OURO_F32);
+    check_end_device(c, gb, dgb, (size_t)C, tol_f);
 
     void *devs[] = {dx_, dw, db, dy, dmean, drstd, da, dr, dres, dg, dgx, dgw, dgb, dres_in,
                     scratch};
@@ -471,8 +544,9 @@ static void test_bias(Ctx *c, int N, int OC, OuroDType t) {
     float *dbias = upload(bias, (size_t)OC, OURO_F32);
     for (int i = 0; i < N; i++)
         for (int o = 0; o < OC; o++) y[(size_t)i * OC + o] += bias[o];
+    check_begin(c, "add_bias", shape, t, t);
     k_add_bias(dy, t, dbias, N, OC, c->s);
-    check_device(c, "add_bias", shape, t, t, y, dy, n, tol_of(TOL_ROUNDING, t));
+    check_end_device(c, y, dy, n, tol_of(TOL_ROUNDING, t));
 
     /* dbias += column sums of dy, the reference in double */
     float *g = host_normal(c, n, 0.0, 1.0);
@@ -485,9 +559,9 @@ static void test_bias(Ctx *c, int N, int OC, OuroDType t) {
         acc[o] = (float)sum;
     }
     float *scratch = dev_alloc(k_bias_backward_scratch_floats(N, OC) * 4);
+    check_begin(c, "bias_backward", shape, t, OURO_F32);
     k_bias_backward(dacc, scratch, dg, t, N, OC, c->s);
-    check_device(c, "bias_backward", shape, t, OURO_F32, acc, dacc, (size_t)OC,
-                 tol_of(TOL_ROWS, OURO_F32));
+    check_end_device(c, acc, dacc, (size_t)OC, tol_of(TOL_ROWS, OURO_F32));
     dev_free(dy);
     dev_free(dbias);
     dev_free(dg);
@@ -505,19 +579,26 @@ static void test_gelu(Ctx *c, size_t n, OuroDType t) {
     char shape[64];
     snprintf(shape, sizeof shape, "n=%zu", n);
     double tol = tol_of(TOL_GELU, t);
+    size_t bytes = n * ouro_dtype_size(t);
     float *x = host_normal(c, n, 0.0, 3.0), *g = host_normal(c, n, 0.0, 1.0);
     void *dx_in = upload(x, n, t), *dg = upload(g, n, t);
     float *y = xmalloc(n * sizeof(float)), *dx = xmalloc(n * sizeof(float));
     gelu_forward(y, x, (int)n);
-    void *dy = dev_alloc(n * ouro_dtype_size(t));
+    void *dy = dev_alloc(bytes);
+    poison(dy, bytes);
+    check_begin(c, "gelu_forward", shape, t, t);
     k_gelu_forward(dy, dx_in, t, n, c->s);
-    check_device(c, "gelu_forward", shape, t, t, y, dy, n, tol);
+    check_end_device(c, y, dy, n, tol);
+    /* the CPU's backward reads the forward's y, the GPU's only x */
     gelu_backward(dx, x, y, g, (int)n);
-    void *ddx = dev_alloc(n * ouro_dtype_size(t));
+    void *ddx = dev_alloc(bytes);
+    poison(ddx, bytes);
+    check_begin(c, "gelu_backward", shape, t, t);
     k_gelu_backward(ddx, dx_in, dg, t, n, c->s);
-    check_device(c, "gelu_backward", shape, t, t, dx, ddx, n, tol);
+    check_end_device(c, dx, ddx, n, tol);
+    check_begin(c, "gelu_backward (dx = dy)", shape, t, t);
     k_gelu_backward(dg, dx_in, dg, t, n, c->s); /* in place: dx = dy */
-    check_device(c, "gelu_backward (dx = dy)", shape, t, t, dx, dg, n, tol);
+    check_end_device(c, dx, dg, n, tol);
     dev_free(dx_in);
     dev_free(dg);
     dev_free(dy);
@@ -562,10 +643,12 @@ static void test_attention(Ctx *c, const Shape *s, OuroDType t) {
     if (!k_attention_supported(HS)) {
         char why[96];
         snprintf(why, sizeof why, "k_attention_supported(%d) = 0: the model needs it", HS);
-        check_true(c, "attention", shape, t, 0, why);
+        check_begin(c, "attention", shape, t, t);
+        check_end(c, 0, why);
         return;
     }
     size_t NC = (size_t)B * T * C, N3C = 3 * NC, NL = (size_t)B * NH * T;
+    size_t es = ouro_dtype_size(t);
     double tol = tol_of(TOL_ATTENTION, t);
     /* scores of standard deviation 1.5: some rows peaked, some flat */
     float *qkv = host_normal(c, N3C, 0.0, sqrt(1.5));
@@ -574,26 +657,30 @@ static void test_attention(Ctx *c, const Shape *s, OuroDType t) {
     float *att = xmalloc((size_t)B * NH * T * T * sizeof(float));
     attention_forward(out, att, qkv, B, T, C, NH);
     attention_lse(lse, qkv, B, T, C, NH);
-    void *dout = dev_alloc(NC * ouro_dtype_size(t));
+    void *dout = dev_alloc(NC * es);
     float *dlse = dev_alloc(NL * 4);
+    poison(dout, NC * es);
+    poison(dlse, NL * 4);
+    check_begin(c, "attention_forward.out", shape, t, t);
     k_attention_forward(dout, dlse, dqkv_in, t, B, T, C, NH, c->s);
-    check_device(c, "attention_forward.out", shape, t, t, out, dout, NC, tol);
-    check_device(c, "attention_forward.lse", shape, t, OURO_F32, lse, dlse, NL,
-                 tol_of(TOL_ATTENTION, OURO_F32));
+    check_end_device(c, out, dout, NC, tol);
+    check_begin(c, "attention_forward.lse", shape, t, OURO_F32);
+    check_end_device(c, lse, dlse, NL, tol_of(TOL_ATTENTION, OURO_F32));
 
     /* backward from the GPU's own out and lse, as the backend runs it; the
-     * CPU accumulates into zeros, the GPU overwrites (so dqkv starts as
-     * garbage: 0x7f bytes, a huge finite value in fp32 and bf16) */
+     * CPU's attention_backward ACCUMULATES (here into zeros), the GPU's
+     * OVERWRITES (so dqkv starts as garbage) */
     float *g = host_normal(c, NC, 0.0, 1.0);
     void *dg = upload(g, NC, t);
     float *ref = xcalloc(N3C, sizeof(float));
     float *scratch_cpu = xmalloc((size_t)T * T * sizeof(float));
     attention_backward(ref, scratch_cpu, g, qkv, att, B, T, C, NH);
-    void *dgrad = dev_alloc(N3C * ouro_dtype_size(t));
-    cudaCheck(cudaMemset(dgrad, 0x7f, N3C * ouro_dtype_size(t)));
+    void *dgrad = dev_alloc(N3C * es);
+    poison(dgrad, N3C * es);
     float *scratch = dev_alloc(k_attention_backward_scratch_floats(B, T, C, NH) * 4);
+    check_begin(c, "attention_backward.dqkv", shape, t, t);
     k_attention_backward(dgrad, scratch, dg, dqkv_in, dout, dlse, t, B, T, C, NH, c->s);
-    check_device(c, "attention_backward.dqkv", shape, t, t, ref, dgrad, N3C, tol);
+    check_end_device(c, ref, dgrad, N3C, tol);
 
     dev_free(dqkv_in);
     dev_free(dout);
@@ -620,7 +707,8 @@ static void test_crossentropy(Ctx *c, int N, int V, OuroDType t) {
     void *dlogits = upload(logits, n, t);
     int32_t *tg = host_tokens(c, (size_t)N, V);
     int32_t *dtg = upload_i32(tg, (size_t)N);
-    /* reference lse in double, losses and dlogits from the CPU ops */
+    /* reference lse in double; losses and dlogits from the CPU ops, whose
+     * forward turns (a copy of) the logits into probabilities in place */
     float *lse = xmalloc((size_t)N * sizeof(float)), *loss = xmalloc((size_t)N * sizeof(float));
     for (int i = 0; i < N; i++) {
         const float *row = logits + (size_t)i * V;
@@ -634,18 +722,26 @@ static void test_crossentropy(Ctx *c, int N, int V, OuroDType t) {
     float *dloss = dev_alloc((size_t)N * 4), *dlse = dev_alloc((size_t)N * 4);
     double tol_f = tol_of(TOL_SOFTMAX, OURO_F32);
     /* without targets only the lse is written */
+    poison(dlse, (size_t)N * 4);
+    check_begin(c, "crossentropy_forward.lse (no targets)", shape, t, OURO_F32);
     k_crossentropy_forward(dloss, dlse, dlogits, t, NULL, N, V, c->s);
-    check_device(c, "crossentropy_forward.lse (no targets)", shape, t, OURO_F32, lse, dlse,
-                 (size_t)N, tol_f);
+    check_end_device(c, lse, dlse, (size_t)N, tol_f);
+    /* with targets both; poisoned again so the lse of the call without
+     * targets cannot stand in for this one's */
+    poison(dlse, (size_t)N * 4);
+    poison(dloss, (size_t)N * 4);
+    check_begin(c, "crossentropy_forward.losses", shape, t, OURO_F32);
     k_crossentropy_forward(dloss, dlse, dlogits, t, dtg, N, V, c->s);
-    check_device(c, "crossentropy_forward.losses", shape, t, OURO_F32, loss, dloss, (size_t)N,
-                 tol_f);
-    check_device(c, "crossentropy_forward.lse", shape, t, OURO_F32, lse, dlse, (size_t)N, tol_f);
+    check_end_device(c, loss, dloss, (size_t)N, tol_f);
+    check_begin(c, "crossentropy_forward.lse", shape, t, OURO_F32);
+    check_end_device(c, lse, dlse, (size_t)N, tol_f);
+    /* the CPU writes (probs - onehot) * scale over its probabilities; the
+     * GPU overwrites the logits in place from them and the lse */
     float scale = 1.0f / (float)N;
     softmax_crossentropy_backward(probs, probs, tg, scale, N, V);
+    check_begin(c, "crossentropy_backward.dlogits", shape, t, t);
     k_crossentropy_backward(dlogits, dlse, dtg, scale, t, N, V, c->s);
-    check_device(c, "crossentropy_backward.dlogits", shape, t, t, probs, dlogits, n,
-                 tol_of(TOL_SOFTMAX, t));
+    check_end_device(c, probs, dlogits, n, tol_of(TOL_SOFTMAX, t));
     dev_free(dlogits);
     dev_free(dtg);
     dev_free(dloss);
@@ -675,23 +771,6 @@ static void one_tensor_layout(ParamLayout *pl, TensorInfo *ti, size_t n) {
     pl->n_params = n;
 }
 
-/* The bf16 copy the update writes must be exactly the rounding of the
- * fp32 weight it wrote. */
-static void check_bf16_copy(Ctx *c, const char *name, const char *shape, const float *p_dev,
-                            const void *pb_dev, size_t n) {
-    float *p = download(c, p_dev, n, OURO_F32);
-    round_to(p, n, OURO_BF16);
-    check_device(c, name, shape, OURO_BF16, OURO_BF16, p, pb_dev, n, 0.0);
-    free(p);
-}
-
-static void check_zeroed(Ctx *c, const char *name, const char *shape, const float *g_dev,
-                         size_t n) {
-    float *zero = xcalloc(n ? n : 1, sizeof(float));
-    check_device(c, name, shape, OURO_F32, OURO_F32, zero, g_dev, n, 0.0);
-    free(zero);
-}
-
 static void test_optimizer(Ctx *c, size_t n, int adam, float momentum, int with_bf16) {
     char shape[64], name[64];
     snprintf(shape, sizeof shape, "n=%zu%s", n, with_bf16 ? "" : " p_bf16=NULL");
@@ -705,13 +784,19 @@ static void test_optimizer(Ctx *c, size_t n, int adam, float momentum, int with_
     float *m = xcalloc(n, sizeof(float)), *v = xcalloc(n, sizeof(float));
     float *dp = upload(p, n, OURO_F32), *dm = dev_alloc(n * 4), *dv = dev_alloc(n * 4);
     void *dpb = with_bf16 ? dev_alloc(n * 2) : NULL;
+    if (dpb) poison(dpb, n * 2);
     float *dg = dev_alloc(n * 4);
+    float *zero = xcalloc(n, sizeof(float));
     for (long step = 1; step <= 3; step++) {
         float *g = host_normal(c, n, 0.0, 0.01);
         upload_into(dg, g, n, OURO_F32);
         for (size_t i = 0; i < n; i++) g[i] *= grad_scale; /* as the kernel reads it */
         optimizer_update(&pl, &o, p, g, m, v, 0, 1, lr, step);
+        /* the update zeroes the gradient it read (which was not zero) */
+        snprintf(name, sizeof name, "%s step %ld: g zeroed", what, step);
+        check_begin(c, name, shape, OURO_F32, OURO_F32);
         if (adam) {
+            /* optimizer.c's bias corrections, in float */
             float c1 = 1.0f - powf(o.beta1, (float)step), c2 = 1.0f - powf(o.beta2, (float)step);
             k_adamw_update(dp, dpb, dg, dm, dv, n, lr, o.beta1, o.beta2, o.eps,
                            o.weight_decay, c1, c2, grad_scale, c->s);
@@ -719,24 +804,33 @@ static void test_optimizer(Ctx *c, size_t n, int adam, float momentum, int with_
             k_sgd_update(dp, dpb, dg, momentum > 0.0f ? dm : NULL, n, lr, momentum,
                          o.weight_decay, grad_scale, c->s);
         }
-        snprintf(name, sizeof name, "%s step %ld: g zeroed", what, step);
-        check_zeroed(c, name, shape, dg, n);
+        float *got = download(c, dg, n, OURO_F32);
+        check_end_compare(c, zero, got, n, 0.0, 1);
+        free(got);
         free(g);
     }
     double tol = tol_of(TOL_OPTIMIZER, OURO_F32);
     snprintf(name, sizeof name, "%s x3: p", what);
-    check_device(c, name, shape, OURO_F32, OURO_F32, p, dp, n, tol);
+    check_begin(c, name, shape, OURO_F32, OURO_F32);
+    check_end_device(c, p, dp, n, tol);
     if (adam || momentum > 0.0f) {
         snprintf(name, sizeof name, "%s x3: m", what);
-        check_device(c, name, shape, OURO_F32, OURO_F32, m, dm, n, tol);
+        check_begin(c, name, shape, OURO_F32, OURO_F32);
+        check_end_device(c, m, dm, n, tol);
     }
     if (adam) {
         snprintf(name, sizeof name, "%s x3: v", what);
-        check_device(c, name, shape, OURO_F32, OURO_F32, v, dv, n, tol);
+        check_begin(c, name, shape, OURO_F32, OURO_F32);
+        check_end_device(c, v, dv, n, tol);
     }
     if (with_bf16) {
+        /* exactly the rounding of the fp32 weight the update wrote */
         snprintf(name, sizeof name, "%s x3: p_bf16 = bf16(p)", what);
-        check_bf16_copy(c, name, shape, dp, dpb, n);
+        check_begin(c, name, shape, OURO_BF16, OURO_BF16);
+        float *pr = download(c, dp, n, OURO_F32);
+        round_to(pr, n, OURO_BF16);
+        check_end_device(c, pr, dpb, n, 0.0);
+        free(pr);
         dev_free(dpb);
     }
     dev_free(dp);
@@ -746,9 +840,10 @@ static void test_optimizer(Ctx *c, size_t n, int adam, float momentum, int with_
     free(p);
     free(m);
     free(v);
+    free(zero);
 }
 
-/* ---- reductions ---- */
+/* ---- reductions (these two synchronize the stream themselves) ---- */
 
 static void test_sumsq(Ctx *c, size_t n) {
     char shape[64], detail[160];
@@ -758,16 +853,17 @@ static void test_sumsq(Ctx *c, size_t n) {
     for (size_t i = 0; i < n; i++) ref += (double)x[i] * (double)x[i];
     float *dx = upload(x, n, OURO_F32);
     float *scratch = dev_alloc(k_sumsq_scratch_floats(n) * 4);
-    double got = k_sumsq(dx, n, scratch, c->s);
-    double again = k_sumsq(dx, n, scratch, c->s);
-    double err = fabs(got - ref), rel = ref > 0 ? err / ref : err;
     double tol = tol_of(TOL_SUMSQ, OURO_F32);
+    check_begin(c, "sumsq", shape, OURO_F32, OURO_F32);
+    double got = k_sumsq(dx, n, scratch, c->s);
+    double err = fabs(got - ref), rel = ref > 0 ? err / ref : INFINITY;
     snprintf(detail, sizeof detail, "max_abs %.3e  rel %.3e  tol %.1e  (gpu %.10g, host %.10g)",
              err, rel, tol, got, ref);
-    check_true(c, "sumsq", shape, OURO_F32, rel <= tol, detail);
+    check_end(c, rel <= tol, detail);
+    check_begin(c, "sumsq repeats bit for bit", shape, OURO_F32, OURO_F32);
+    double again = k_sumsq(dx, n, scratch, c->s);
     snprintf(detail, sizeof detail, "two calls: %a and %a", got, again);
-    check_true(c, "sumsq repeats bit for bit", shape, OURO_F32,
-               memcmp(&got, &again, sizeof got) == 0, detail);
+    check_end(c, memcmp(&got, &again, sizeof got) == 0, detail);
     dev_free(dx);
     dev_free(scratch);
     free(x);
@@ -787,10 +883,11 @@ static void scan_nonfinite(Ctx *c, size_t n, const size_t *bad, int k) {
     }
     float *dx = upload(x, n, OURO_F32);
     float *scratch = dev_alloc(k_sumsq_scratch_floats(n) * 4);
-    long got = k_first_nonfinite(dx, n, scratch, c->s);
     snprintf(name, sizeof name, "first_nonfinite (%d non-finite)", k);
+    check_begin(c, name, shape, OURO_F32, OURO_F32);
+    long got = k_first_nonfinite(dx, n, scratch, c->s);
     snprintf(detail, sizeof detail, "gpu %ld, expected %ld", got, want);
-    check_true(c, name, shape, OURO_F32, got == want, detail);
+    check_end(c, got == want, detail);
     dev_free(dx);
     dev_free(scratch);
     free(x);
@@ -809,6 +906,114 @@ static void test_first_nonfinite(Ctx *c, size_t n) {
     }
 }
 
+/* ---- groups ---- */
+
+static const size_t ELEMENT_SIZES[] = {1, 7, 4099, (1u << 20) + 5};
+#define N_ELEMENT_SIZES (sizeof ELEMENT_SIZES / sizeof ELEMENT_SIZES[0])
+
+static void group_cast(Ctx *c) {
+    for (size_t i = 0; i < N_ELEMENT_SIZES; i++) test_cast(c, ELEMENT_SIZES[i]);
+}
+
+static void group_elementwise(Ctx *c) {
+    for (int d = 0; d < 2; d++)
+        for (size_t i = 0; i < N_ELEMENT_SIZES; i++)
+            test_elementwise(c, ELEMENT_SIZES[i], DTYPES[d]);
+}
+
+static void group_gelu(Ctx *c) {
+    for (int d = 0; d < 2; d++)
+        for (size_t i = 0; i < N_ELEMENT_SIZES; i++) test_gelu(c, ELEMENT_SIZES[i], DTYPES[d]);
+}
+
+static void group_embedding(Ctx *c) {
+    for (int i = 0; i < N_SHAPES; i++) test_embedding(c, &SHAPES[i]);
+}
+
+static void group_layernorm(Ctx *c) {
+    for (int d = 0; d < 2; d++)
+        for (int i = 0; i < N_SHAPES; i++) test_layernorm(c, &SHAPES[i], DTYPES[d]);
+}
+
+static void group_attention(Ctx *c) {
+    for (int d = 0; d < 2; d++)
+        for (int i = 0; i < N_SHAPES; i++) test_attention(c, &SHAPES[i], DTYPES[d]);
+}
+
+/* the products' widths (3C, C, 4C), and a tall one that needs several
+ * row blocks */
+static void group_bias(Ctx *c) {
+    static const int shapes[][2] = {{74, 96}, {65, 64}, {17, 3072}, {5003, 384}};
+    for (int d = 0; d < 2; d++)
+        for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
+            test_bias(c, shapes[i][0], shapes[i][1], DTYPES[d]);
+}
+
+/* byte vocabulary, odd sizes, GPT-2's padded and real vocabularies */
+static void group_crossentropy(Ctx *c) {
+    static const int shapes[][2] = {{74, 256}, {130, 1001}, {65, 50304}, {3, 50257}};
+    for (int d = 0; d < 2; d++)
+        for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
+            test_crossentropy(c, shapes[i][0], shapes[i][1], DTYPES[d]);
+}
+
+static void group_optimizer(Ctx *c) {
+    static const size_t sizes[] = {1, 1000, (1u << 20) + 3};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        test_optimizer(c, sizes[i], 1, 0.0f, 1);
+        test_optimizer(c, sizes[i], 0, 0.0f, 1);
+        test_optimizer(c, sizes[i], 0, 0.9f, 1);
+    }
+    test_optimizer(c, 1000, 1, 0.0f, 0);
+    test_optimizer(c, 1000, 0, 0.9f, 0);
+}
+
+static void group_reductions(Ctx *c) {
+    static const size_t sizes[] = {1, 257, 16384, (1u << 22) + 13};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        test_sumsq(c, sizes[i]);
+        test_first_nonfinite(c, sizes[i]);
+    }
+}
+
+typedef struct {
+    const char *name;
+    void (*run)(Ctx *c);
+} Group;
+
+static const Group GROUPS[] = {
+    {"cast", group_cast},
+    {"elementwise", group_elementwise},
+    {"gelu", group_gelu},
+    {"embedding", group_embedding},
+    {"layernorm", group_layernorm},
+    {"attention", group_attention},
+    {"bias", group_bias},
+    {"crossentropy", group_crossentropy},
+    {"optimizer", group_optimizer},
+    {"reductions", group_reductions},
+};
+#define N_GROUPS ((int)(sizeof GROUPS / sizeof GROUPS[0]))
+
+static int find_group(const char *name) {
+    for (int g = 0; g < N_GROUPS; g++)
+        if (strcmp(GROUPS[g].name, name) == 0) return g;
+    return -1;
+}
+
+/* Runs group g on a random stream of its own, so its inputs do not
+ * depend on which groups ran before it. */
+static void run_group(Ctx *c, int g) {
+    int checks = c->checks, failed = c->failed;
+    printf("== group %s\n", GROUPS[g].name);
+    fflush(stdout);
+    rng_seed(&c->rng, hash_u64(20240520, (uint64_t)g, 0, 0));
+    GROUPS[g].run(c);
+    printf("== group %s: %d checks, %d failed\n", GROUPS[g].name, c->checks - checks,
+           c->failed - failed);
+    fflush(stdout);
+}
+
 /* ---- main ---- */
 
 static int gpu_count(void) {
@@ -817,64 +1022,61 @@ static int gpu_count(void) {
     return n;
 }
 
-int main(void) {
+static void usage(FILE *f) {
+    fprintf(f, "usage: test_gpu_kernels [--list | --device | GROUP...]\ngroups:");
+    for (int g = 0; g < N_GROUPS; g++) fprintf(f, " %s", GROUPS[g].name);
+    fprintf(f, "\n");
+}
+
+int main(int argc, char **argv) {
+    int selected[N_GROUPS], n_selected = 0, device_only = 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--list") == 0) {
+            for (int g = 0; g < N_GROUPS; g++) printf("%s\n", GROUPS[g].name);
+            return 0;
+        }
+        if (strcmp(argv[i], "--device") == 0) {
+            device_only = 1;
+            continue;
+        }
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            usage(stdout);
+            return 0;
+        }
+        int g = find_group(argv[i]);
+        if (g < 0 || n_selected == N_GROUPS) {
+            fprintf(stderr, "test_gpu_kernels: unknown group '%s'\n", argv[i]);
+            usage(stderr);
+            return 2;
+        }
+        selected[n_selected++] = g;
+    }
+    if (n_selected == 0)
+        for (int g = 0; g < N_GROUPS; g++) selected[n_selected++] = g;
+
     if (gpu_count() <= 0) {
         printf("skipped: no GPU\n");
         return 77;
     }
-    Ctx c;
-    memset(&c, 0, sizeof c);
-    rng_seed(&c.rng, 20240520);
     cudaCheck(cudaSetDevice(0));
-    cudaCheck(cudaStreamCreate(&c.s));
-    backend_thread_init();
     struct cudaDeviceProp prop;
     cudaCheck(cudaGetDeviceProperties(&prop, 0));
-    printf("device 0: %s (sm_%d%d)\ntolerances (max |gpu - cpu| / max |cpu|):\n", prop.name,
-           prop.major, prop.minor);
+    printf("device 0: %s (sm_%d%d, %zu MiB)\n", prop.name, prop.major, prop.minor,
+           (size_t)prop.totalGlobalMem >> 20);
+    fflush(stdout);
+    if (device_only) return 0;
+
+    Ctx c;
+    memset(&c, 0, sizeof c);
+    cudaCheck(cudaStreamCreate(&c.s));
+    backend_thread_init();
+    printf("tolerances (max |gpu - cpu| / max |cpu|):\n");
     for (int k = 0; k < TOL_CLASSES; k++)
         printf("  %-10s fp32 %.0e  bf16 %.0e  %s\n", TOLERANCE[k].name, TOLERANCE[k].fp32,
                TOLERANCE[k].bf16, TOLERANCE[k].why);
-
-    static const size_t sizes[] = {1, 7, 4099, (1u << 20) + 5};
-    const OuroDType dtypes[2] = {OURO_F32, OURO_BF16};
-    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) test_cast(&c, sizes[i]);
-    for (int d = 0; d < 2; d++)
-        for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
-            test_elementwise(&c, sizes[i], dtypes[d]);
-            test_gelu(&c, sizes[i], dtypes[d]);
-        }
-    for (int i = 0; i < N_SHAPES; i++) test_embedding(&c, &SHAPES[i]);
-    for (int d = 0; d < 2; d++)
-        for (int i = 0; i < N_SHAPES; i++) {
-            test_layernorm(&c, &SHAPES[i], dtypes[d]);
-            test_attention(&c, &SHAPES[i], dtypes[d]);
-        }
-    /* bias: the products' widths (3C, C, 4C), and a tall one that needs
-     * several row blocks */
-    static const int bias_shapes[][2] = {{74, 96}, {65, 64}, {17, 3072}, {5003, 384}};
-    for (int d = 0; d < 2; d++)
-        for (size_t i = 0; i < sizeof bias_shapes / sizeof bias_shapes[0]; i++)
-            test_bias(&c, bias_shapes[i][0], bias_shapes[i][1], dtypes[d]);
-    /* cross-entropy: byte vocabulary, odd sizes, GPT-2's padded and real
-     * vocabularies */
-    static const int ce_shapes[][2] = {{74, 256}, {130, 1001}, {65, 50304}, {3, 50257}};
-    for (int d = 0; d < 2; d++)
-        for (size_t i = 0; i < sizeof ce_shapes / sizeof ce_shapes[0]; i++)
-            test_crossentropy(&c, ce_shapes[i][0], ce_shapes[i][1], dtypes[d]);
-    static const size_t opt_sizes[] = {1, 1000, (1u << 20) + 3};
-    for (size_t i = 0; i < sizeof opt_sizes / sizeof opt_sizes[0]; i++) {
-        test_optimizer(&c, opt_sizes[i], 1, 0.0f, 1);
-        test_optimizer(&c, opt_sizes[i], 0, 0.0f, 1);
-        test_optimizer(&c, opt_sizes[i], 0, 0.9f, 1);
-    }
-    test_optimizer(&c, 1000, 1, 0.0f, 0);
-    test_optimizer(&c, 1000, 0, 0.9f, 0);
-    static const size_t red_sizes[] = {1, 257, 16384, (1u << 22) + 13};
-    for (size_t i = 0; i < sizeof red_sizes / sizeof red_sizes[0]; i++) {
-        test_sumsq(&c, red_sizes[i]);
-        test_first_nonfinite(&c, red_sizes[i]);
-    }
+    printf("each line: check, shape, input/output dtype, then max_abs, rel, tol, verdict\n");
+    fflush(stdout);
+    for (int i = 0; i < n_selected; i++) run_group(&c, selected[i]);
 
     cudaCheck(cudaStreamDestroy(c.s));
     printf("%d checks, %d failed\n", c.checks, c.failed);

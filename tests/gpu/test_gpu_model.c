@@ -15,8 +15,17 @@
  * In precision=fp32 (the GPU mode for checking against the CPU) and in
  * precision=bf16 (the training default, with looser bounds).
  *
- * One line per check; exit 1 on any failure, 77 (automake's SKIP) when no
- * GPU is visible.
+ *   test_gpu_model               fp32, then bf16
+ *   test_gpu_model fp32|bf16     that precision only
+ * (tests/gpu/run.sh runs each precision in a process of its own, so a GPU
+ * error in one, which ends the process, does not hide the other.)
+ *
+ * One line per check. Before each run of a backend a line names it, so a
+ * run that dies (CUDA errors end the process through die()) or hangs is
+ * the last thing the log names. A reference array that is all zero fails
+ * its check: it could not tell a right result from a missing one. Exit 1
+ * on any failure, 2 on a bad argument, 77 (automake's SKIP) when no GPU is
+ * visible.
  */
 #include <math.h>
 #include <stdio.h>
@@ -91,6 +100,8 @@ static void result_free(Result *r) {
 
 /* ---- comparisons ---- */
 
+/* Both errors are infinite where got holds a NaN or an infinity, and
+ * where the reference is all zero (nothing to compare against). */
 static double max_rel_err(const float *ref, const float *got, size_t n) {
     double max_d = 0.0, max_r = 0.0;
     for (size_t i = 0; i < n; i++) {
@@ -99,7 +110,7 @@ static double max_rel_err(const float *ref, const float *got, size_t n) {
         if (d > max_d) max_d = d;
         if (fabs(ref[i]) > max_r) max_r = fabs(ref[i]);
     }
-    return max_r > 0.0 ? max_d / max_r : max_d;
+    return max_r > 0.0 ? max_d / max_r : INFINITY;
 }
 
 static double rel_l2_err(const float *ref, const float *got, size_t n) {
@@ -110,7 +121,7 @@ static double rel_l2_err(const float *ref, const float *got, size_t n) {
         rr += (double)ref[i] * ref[i];
     }
     if (isnan(dd)) return INFINITY;
-    return rr > 0.0 ? sqrt(dd / rr) : sqrt(dd);
+    return rr > 0.0 ? sqrt(dd / rr) : INFINITY;
 }
 
 static void report(Tally *t, const char *run, const char *what, const char *metric, double err,
@@ -133,7 +144,8 @@ static void compare_array(Tally *t, const char *run, const char *what, const flo
 static void compare_loss(Tally *t, const char *run, float ref, float got, double tol) {
     char what[96];
     snprintf(what, sizeof what, "loss (cpu %.6f, this %.6f)", ref, got);
-    report(t, run, what, "rel", fabs((double)got - ref) / fabs((double)ref), tol);
+    double err = fabs((double)got - ref) / fabs((double)ref);
+    report(t, run, what, "rel", isfinite(err) ? err : INFINITY, tol);
 }
 
 static void compare_grads(Tally *t, const char *run, const ParamLayout *pl, const float *ref,
@@ -160,6 +172,13 @@ static void compare_bits(Tally *t, const char *run, const ParamLayout *pl, const
 
 /* ---- runs ---- */
 
+/* Names the run about to start, flushed, so that a run that dies or hangs
+ * is the last thing the log names. */
+static void announce(const char *backend, const char *what) {
+    printf("---- %s: %s\n", backend, what);
+    fflush(stdout);
+}
+
 /* Backend copy of the host parameters, with the backend told they were
  * written (a GPU derives its bf16 copies). */
 static float *backend_params(Backend *be, const ParamLayout *pl, const float *host) {
@@ -176,10 +195,12 @@ static float *download_new(Backend *be, const float *src, size_t n) {
 }
 
 /* Forward and backward of the whole model as one module. */
-static Result run_whole(Backend *be, const ParamLayout *pl, const float *host_params,
-                        const int32_t *tokens, const int32_t *targets, int B, int T) {
+static Result run_whole(Backend *be, const char *label, const ParamLayout *pl,
+                        const float *host_params, const int32_t *tokens, const int32_t *targets,
+                        int B, int T) {
     Result r;
     memset(&r, 0, sizeof r);
+    announce(label, "whole model, forward and backward");
     ModuleSpec m = {1, 0, pl->cfg.n_layer, 1};
     float *p = backend_params(be, pl, host_params);
     float *g = be->alloc(be, pl->n_params);
@@ -199,10 +220,12 @@ static Result run_whole(Backend *be, const ParamLayout *pl, const float *host_pa
 /* The same as two modules, embedding + blocks [0, cut) and blocks
  * [cut, L) + head, with the activation and its gradient passed between
  * them in backend memory, as a pipeline passes them between ranks. */
-static Result run_split(Backend *be, const ParamLayout *pl, const float *host_params,
-                        const int32_t *tokens, const int32_t *targets, int B, int T, int cut) {
+static Result run_split(Backend *be, const char *label, const ParamLayout *pl,
+                        const float *host_params, const int32_t *tokens, const int32_t *targets,
+                        int B, int T, int cut) {
     Result r;
     memset(&r, 0, sizeof r);
+    announce(label, "two modules, forward and backward");
     size_t NC = (size_t)B * T * pl->cfg.n_embd;
     ModuleSpec first = {1, 0, cut, 0}, second = {0, cut, pl->cfg.n_layer, 1};
     float *p = backend_params(be, pl, host_params);
@@ -215,8 +238,9 @@ static Result run_split(Backend *be, const ParamLayout *pl, const float *host_pa
     be->synchronize(be);
     r.loss = be->loss(be, a2);
     r.cut_act = download_new(be, x_cut, NC);
+    /* the second module's dx_in (overwritten) is the first module's dout;
+     * loss_scale is for head modules only, the first module has none */
     be->backward(be, pl, p, g, &second, a2, NULL, 1.0f / (float)(B * T), d_cut);
-    /* loss_scale is for head modules only; the first module has none */
     be->backward(be, pl, p, g, &first, a1, d_cut, 0.0f, NULL);
     be->synchronize(be);
     r.cut_grad = download_new(be, d_cut, NC);
@@ -277,18 +301,20 @@ static void check_gpu(Tally *t, const char *precision, const ParamLayout *pl,
     size_t NC = (size_t)BATCH * MODEL_T * MODEL_EMBD;
     Config c;
     model_config(&c, precision);
-    Backend *be = backend_cuda_create(&c, 0, 0);
     char run[48];
+    snprintf(run, sizeof run, "gpu %s", precision);
+    announce(run, "backend_cuda_create");
+    Backend *be = backend_cuda_create(&c, 0, 0);
 
     snprintf(run, sizeof run, "gpu %s whole", precision);
-    Result w = run_whole(be, pl, params, tokens, targets, BATCH, MODEL_T);
-    Result w2 = run_whole(be, pl, params, tokens, targets, BATCH, MODEL_T);
+    Result w = run_whole(be, run, pl, params, tokens, targets, BATCH, MODEL_T);
+    Result w2 = run_whole(be, run, pl, params, tokens, targets, BATCH, MODEL_T);
     compare_loss(t, run, cpu_whole->loss, w.loss, loss_tol);
     compare_grads(t, run, pl, cpu_whole->grads, w.grads, bf16, grad_tol);
     compare_bits(t, run, pl, &w, &w2);
 
     snprintf(run, sizeof run, "gpu %s split", precision);
-    Result s = run_split(be, pl, params, tokens, targets, BATCH, MODEL_T, CUT);
+    Result s = run_split(be, run, pl, params, tokens, targets, BATCH, MODEL_T, CUT);
     compare_loss(t, run, cpu_whole->loss, s.loss, loss_tol);
     compare_grads(t, run, pl, cpu_whole->grads, s.grads, bf16, grad_tol);
     compare_array(t, run, "activation at the cut", cpu_split->cut_act, s.cut_act, NC, bf16,
@@ -302,7 +328,18 @@ static void check_gpu(Tally *t, const char *precision, const ParamLayout *pl,
     be->destroy(be);
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    int want_fp32 = argc < 2, want_bf16 = argc < 2;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "fp32") == 0) {
+            want_fp32 = 1;
+        } else if (strcmp(argv[i], "bf16") == 0) {
+            want_bf16 = 1;
+        } else {
+            fprintf(stderr, "usage: test_gpu_model [fp32] [bf16]\n");
+            return 2;
+        }
+    }
     if (device_gpu_count() <= 0) {
         printf("skipped: no GPU\n");
         return 77;
@@ -330,15 +367,16 @@ int main(void) {
 
     Tally t = {0, 0};
     Backend *cpu = backend_cpu_create();
-    Result cpu_whole = run_whole(cpu, &pl, params, tokens, targets, BATCH, MODEL_T);
-    Result cpu_split = run_split(cpu, &pl, params, tokens, targets, BATCH, MODEL_T, CUT);
+    Result cpu_whole = run_whole(cpu, "cpu whole", &pl, params, tokens, targets, BATCH, MODEL_T);
+    Result cpu_split =
+        run_split(cpu, "cpu split", &pl, params, tokens, targets, BATCH, MODEL_T, CUT);
     cpu->destroy(cpu);
     /* the reference itself: the split computes what the whole model does */
     compare_loss(&t, "cpu split", cpu_whole.loss, cpu_split.loss, CPU_SPLIT_TOL);
     compare_grads(&t, "cpu split", &pl, cpu_whole.grads, cpu_split.grads, 0, CPU_SPLIT_TOL);
 
-    check_gpu(&t, "fp32", &pl, params, tokens, targets, &cpu_whole, &cpu_split);
-    check_gpu(&t, "bf16", &pl, params, tokens, targets, &cpu_whole, &cpu_split);
+    if (want_fp32) check_gpu(&t, "fp32", &pl, params, tokens, targets, &cpu_whole, &cpu_split);
+    if (want_bf16) check_gpu(&t, "bf16", &pl, params, tokens, targets, &cpu_whole, &cpu_split);
 
     result_free(&cpu_whole);
     result_free(&cpu_split);
