@@ -187,7 +187,7 @@ struct ModuleActs {
     float *losses; /* [N] */
     float loss;
     /* backward scratch, shared by the blocks */
-    float *d_res_a, *d_res_b, *d_c, *d_c2, *d_3c, *d_4c, *d_tt;
+    float *d_res_a, *d_c, *d_3c, *d_4c, *d_tt;
     /* The weights of the last forward, when kept (module_acts_keep_weights):
      * parameter-shaped, only the module's slices written. */
     float *weights;
@@ -255,9 +255,7 @@ ModuleActs *module_acts_create(const ParamLayout *pl, const ModuleSpec *m,
         a->losses = acts_alloc(a, N);
     }
     a->d_res_a = acts_alloc(a, N * C);
-    a->d_res_b = acts_alloc(a, N * C);
     a->d_c = acts_alloc(a, N * C);
-    a->d_c2 = acts_alloc(a, N * C);
     a->d_3c = acts_alloc(a, N * 3 * C);
     a->d_4c = acts_alloc(a, N * 4 * C);
     a->d_tt = acts_alloc(a, (size_t)T * T);
@@ -275,7 +273,7 @@ void module_acts_free(ModuleActs *a) {
         for (size_t j = 0; j < sizeof all / sizeof all[0]; j++) free(all[j]);
     }
     float *rest[] = {a->input, a->lnf, a->lnf_mean, a->lnf_rstd, a->probs,
-                     a->losses, a->d_res_a, a->d_res_b, a->d_c, a->d_c2,
+                     a->losses, a->d_res_a, a->d_c,
                      a->d_3c, a->d_4c, a->d_tt, a->weights};
     for (size_t j = 0; j < sizeof rest / sizeof rest[0]; j++) free(rest[j]);
     free(a->blocks);
@@ -468,40 +466,38 @@ const float *module_forward(const ParamLayout *pl, const float *params,
     return a->probs;
 }
 
-/* Backward of block l. dout: gradient of the block output (consumed as
- * scratch); dx: receives (overwrites) the gradient of the block input. */
+/* Backward of block l, in place: dresid holds the gradient of the block
+ * output on entry and of the block input x on exit. Each branch's
+ * LayerNorm backward adds its share into it, after the products that read
+ * the incoming gradient: out = res2 + mlp(res2) gives d res2 = dout +
+ * (mlp path), res2 = x + attn(x) gives dx = d res2 + (attention path). */
 static void block_backward(const ParamLayout *pl, const float *p, float *g,
                            int l, const BlockActs *k, const float *x,
-                           const float *dout, float *dx, ModuleActs *a) {
+                           float *dresid, ModuleActs *a) {
     int C = pl->cfg.n_embd, NH = pl->cfg.n_head;
     int B = a->cur_B, T = a->cur_T, N = B * T;
-    size_t NC = (size_t)N * C;
-    /* MLP branch: out = res2 + proj(gelu(fc(ln2(res2)))) */
-    float *dres2 = a->d_c2;
-    memcpy(dres2, dout, NC * sizeof(float));
-    /* Fresh scratch is overwritten (beta 0, GELU in place), not zeroed and
-     * accumulated into: the same numbers, less memory traffic. */
-    matmul_backward_input(a->d_4c, dout, bt(pl, p, l, BT_FCPROJ_W), N, 4 * C, C, 0.0f);
-    matmul_backward_weight(bt(pl, g, l, BT_FCPROJ_W), bt(pl, g, l, BT_FCPROJ_B), dout,
+    /* MLP branch: out = res2 + proj(gelu(fc(ln2(res2)))). Fresh scratch is
+     * overwritten (beta 0, GELU in place), not zeroed and accumulated into:
+     * the same numbers, less memory traffic. */
+    matmul_backward_input(a->d_4c, dresid, bt(pl, p, l, BT_FCPROJ_W), N, 4 * C, C, 0.0f);
+    matmul_backward_weight(bt(pl, g, l, BT_FCPROJ_W), bt(pl, g, l, BT_FCPROJ_B), dresid,
                            k->fch_gelu, N, 4 * C, C);
     gelu_backward(a->d_4c, k->fch, k->fch_gelu, a->d_4c, N * 4 * C);
     matmul_backward_input(a->d_c, a->d_4c, bt(pl, p, l, BT_FC_W), N, C, 4 * C, 0.0f);
     matmul_backward_weight(bt(pl, g, l, BT_FC_W), bt(pl, g, l, BT_FC_B), a->d_4c, k->ln2,
                            N, C, 4 * C);
-    layernorm_backward(dres2, bt(pl, g, l, BT_LN2_W), bt(pl, g, l, BT_LN2_B),
+    layernorm_backward(dresid, bt(pl, g, l, BT_LN2_W), bt(pl, g, l, BT_LN2_B),
                        a->d_c, k->res2, bt(pl, p, l, BT_LN2_W), k->ln2_mean,
                        k->ln2_rstd, N, C);
     /* attention branch: res2 = x + proj(attn(qkv(ln1(x)))) */
-    matmul_backward_input(a->d_c, dres2, bt(pl, p, l, BT_ATTNPROJ_W), N, C, C, 0.0f);
-    matmul_backward_weight(bt(pl, g, l, BT_ATTNPROJ_W), bt(pl, g, l, BT_ATTNPROJ_B), dres2,
+    matmul_backward_input(a->d_c, dresid, bt(pl, p, l, BT_ATTNPROJ_W), N, C, C, 0.0f);
+    matmul_backward_weight(bt(pl, g, l, BT_ATTNPROJ_W), bt(pl, g, l, BT_ATTNPROJ_B), dresid,
                            k->atty, N, C, C);
-    memset(a->d_3c, 0, NC * 3 * sizeof(float));
     attention_backward(a->d_3c, a->d_tt, a->d_c, k->qkv, k->att, B, T, C, NH);
     matmul_backward_input(a->d_c, a->d_3c, bt(pl, p, l, BT_ATTN_W), N, C, 3 * C, 0.0f);
     matmul_backward_weight(bt(pl, g, l, BT_ATTN_W), bt(pl, g, l, BT_ATTN_B), a->d_3c,
                            k->ln1, N, C, 3 * C);
-    memcpy(dx, dres2, NC * sizeof(float));
-    layernorm_backward(dx, bt(pl, g, l, BT_LN1_W), bt(pl, g, l, BT_LN1_B),
+    layernorm_backward(dresid, bt(pl, g, l, BT_LN1_W), bt(pl, g, l, BT_LN1_B),
                        a->d_c, x, bt(pl, p, l, BT_LN1_W), k->ln1_mean,
                        k->ln1_rstd, N, C);
 }
@@ -516,7 +512,7 @@ void module_backward(const ParamLayout *pl, const float *params, float *grads,
     int nb = m->block_hi - m->block_lo;
     const float *last = nb > 0 ? a->blocks[nb - 1].out : a->input;
     /* d_res_a carries the gradient of the residual stream downwards. */
-    float *dcur = a->d_res_a, *dnext = a->d_res_b;
+    float *dcur = a->d_res_a;
     if (m->has_head) {
         if (!a->have_targets)
             die("module_backward: the head's last forward had no targets");
@@ -538,11 +534,7 @@ void module_backward(const ParamLayout *pl, const float *params, float *grads,
     }
     for (int i = nb - 1; i >= 0; i--) {
         const float *x = i > 0 ? a->blocks[i - 1].out : a->input;
-        block_backward(pl, params, grads, m->block_lo + i, &a->blocks[i], x,
-                       dcur, dnext, a);
-        float *t = dcur;
-        dcur = dnext;
-        dnext = t;
+        block_backward(pl, params, grads, m->block_lo + i, &a->blocks[i], x, dcur, a);
     }
     if (m->has_embed) {
         embedding_backward(grads + pl->tensors[tensor_index_wte()].offset,

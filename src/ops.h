@@ -4,9 +4,9 @@
  * Conventions: N = B*T rows; C channels. Backward functions ACCUMULATE
  * (+=) into every gradient they produce, for parameters and for inputs, so
  * a caller zeroes gradients once and paths that fan out add up naturally.
- * Exceptions, named where they are declared: gelu_backward and
- * softmax_crossentropy_backward overwrite, and matmul_backward_input
- * takes a beta.
+ * Exceptions, named where they are declared: gelu_backward,
+ * attention_backward and softmax_crossentropy_backward overwrite, and
+ * matmul_backward_input takes a beta.
  */
 #ifndef OURO_OPS_H
 #define OURO_OPS_H
@@ -55,7 +55,8 @@ void matmul_backward_weight(float *dW, float *dbias, const float *dy,
  * zero). out is [B,T,C], heads concatenated. */
 void attention_forward(float *out, float *att, const float *qkv, int B, int T,
                        int C, int NH);
-/* dqkv += d(qkv); scratch holds T*T floats. */
+/* dqkv = d(qkv), OVERWRITTEN (an exception to the accumulate rule: the
+ * caller needs no zeroing pass); scratch holds T*T floats. */
 void attention_backward(float *dqkv, float *scratch, const float *dout,
                         const float *qkv, const float *att, int B, int T,
                         int C, int NH);

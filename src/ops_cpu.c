@@ -271,12 +271,16 @@ VECTOR_CLONES void attention_forward(float *out, float *att, const float *qkv, i
 }
 
 /* The same blocks: a query block's rows of dP, dS, and its contributions
- * to dQ (its own rows) and to dK, dV (the keys it attends). */
+ * to dQ (its own rows) and to dK, dV (the keys it attends). The blocks go
+ * last to first: the last attends every key, so its products write all of
+ * dK and dV (beta 0) and the others add to them, and each block writes its
+ * own rows of dQ: dqkv is overwritten, with no zeroing pass. */
 VECTOR_CLONES void attention_backward(float *dqkv, float *scratch, const float *dout,
-                        const float *qkv, const float *att, int B, int T,
-                        int C, int NH) {
+                                      const float *qkv, const float *att, int B, int T,
+                                      int C, int NH) {
     int hs = C / NH;
     float scale = 1.0f / sqrtf((float)hs);
+    int last = (T - 1) / ATT_ROWS * ATT_ROWS;
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++) {
             size_t base = (size_t)b * T * 3 * C + h * hs;
@@ -284,15 +288,16 @@ VECTOR_CLONES void attention_backward(float *dqkv, float *scratch, const float *
             float *dq = dqkv + base, *dk = dq + C, *dv = dq + 2 * C;
             const float *p = att + ((size_t)b * NH + h) * T * T;
             const float *dO = dout + (size_t)b * T * C + h * hs;
-            for (int i0 = 0; i0 < T; i0 += ATT_ROWS) {
+            for (int i0 = last; i0 >= 0; i0 -= ATT_ROWS) {
                 int rows = T - i0 < ATT_ROWS ? T - i0 : ATT_ROWS, keys = i0 + rows;
+                float kv_beta = i0 == last ? 0.0f : 1.0f;
                 const float *pb = p + (size_t)i0 * T, *dOb = dO + (size_t)i0 * C;
                 float *ds = scratch + (size_t)i0 * T;
-                /* dP = dO V^T ; dV += P^T dO */
+                /* dP = dO V^T ; dV (+)= P^T dO */
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, keys, hs, 1.0f,
                             dOb, C, v, 3 * C, 0.0f, ds, T);
                 cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, keys, hs, rows, 1.0f,
-                            pb, T, dOb, C, 1.0f, dv, 3 * C);
+                            pb, T, dOb, C, kv_beta, dv, 3 * C);
                 /* softmax backward, row by row: dS = P (dP - <P, dP>) scale */
                 for (int i = i0; i < keys; i++) {
                     const float *pi = p + (size_t)i * T;
@@ -301,11 +306,11 @@ VECTOR_CLONES void attention_backward(float *dqkv, float *scratch, const float *
                     for (int j = 0; j <= i; j++) di[j] = pi[j] * (di[j] - dot) * scale;
                     for (int j = i + 1; j < keys; j++) di[j] = 0.0f;
                 }
-                /* dQ += dS K ; dK += dS^T Q */
+                /* dQ = dS K ; dK (+)= dS^T Q */
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hs, keys, 1.0f,
-                            ds, T, k, 3 * C, 1.0f, dq + (size_t)i0 * 3 * C, 3 * C);
+                            ds, T, k, 3 * C, 0.0f, dq + (size_t)i0 * 3 * C, 3 * C);
                 cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, keys, hs, rows, 1.0f,
-                            ds, T, q + (size_t)i0 * 3 * C, 3 * C, 1.0f, dk, 3 * C);
+                            ds, T, q + (size_t)i0 * 3 * C, 3 * C, kv_beta, dk, 3 * C);
             }
         }
 }

@@ -668,8 +668,8 @@ static void test_attention(Ctx *c, const Shape *s, OuroDType t) {
     check_end_device(c, lse, dlse, NL, tol_of(TOL_ATTENTION, OURO_F32));
 
     /* backward from the GPU's own out and lse, as the backend runs it; the
-     * CPU's attention_backward ACCUMULATES (here into zeros), the GPU's
-     * OVERWRITES (so dqkv starts as garbage) */
+     * CPU's attention_backward and the GPU's both OVERWRITE dqkv (the
+     * GPU's starts as garbage) */
     float *g = host_normal(c, NC, 0.0, 1.0);
     void *dg = upload(g, NC, t);
     float *ref = xcalloc(N3C, sizeof(float));
