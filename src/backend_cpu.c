@@ -114,12 +114,7 @@ static void cpu_update_tensor(Backend *be, const ParamLayout *pl, const Optimize
                               float *params, float *grads, float *m, float *v, int tensor,
                               float grad_scale, float lr, long t) {
     (void)be;
-    const TensorInfo *ti = &pl->tensors[tensor];
-    float *g = grads + ti->offset;
-    if (grad_scale != 1.0f)
-        for (size_t j = 0; j < ti->numel; j++) g[j] *= grad_scale;
-    optimizer_update(pl, o, params, grads, m, v, tensor, tensor + 1, lr, t);
-    memset(g, 0, ti->numel * sizeof(float));
+    optimizer_update(pl, o, params, grads, m, v, tensor, tensor + 1, grad_scale, lr, t);
 }
 
 static void cpu_params_loaded(Backend *be, const ParamLayout *pl, const float *params,

@@ -20,12 +20,14 @@ typedef struct {
 
 void optimizer_spec_from_config(OptimizerSpec *o, const Config *c);
 
-/* Applies one update to tensors [first, last). t is the 1-based count of
- * updates of this slice (Adam's bias correction). m and v are
- * parameter-shaped (v unused by SGD). */
+/* Applies one update to tensors [first, last) from the gradient times
+ * grad_scale (the clipping scale; 1 for none), then zeroes the gradient,
+ * ready for the next step. t is the 1-based count of updates of this slice
+ * (Adam's bias correction). m and v are parameter-shaped (v unused by
+ * SGD). */
 void optimizer_update(const ParamLayout *pl, const OptimizerSpec *o,
-                      float *params, const float *grads, float *m, float *v,
-                      int first, int last, float lr, long t);
+                      float *params, float *grads, float *m, float *v,
+                      int first, int last, float grad_scale, float lr, long t);
 
 /* Learning rate of (0-based) step: linear warm-up to lr over `warmup`
  * steps, then constant or cosine decay to lr*min_lr_ratio at `steps`. */

@@ -790,8 +790,7 @@ static void test_optimizer(Ctx *c, size_t n, int adam, float momentum, int with_
     for (long step = 1; step <= 3; step++) {
         float *g = host_normal(c, n, 0.0, 0.01);
         upload_into(dg, g, n, OURO_F32);
-        for (size_t i = 0; i < n; i++) g[i] *= grad_scale; /* as the kernel reads it */
-        optimizer_update(&pl, &o, p, g, m, v, 0, 1, lr, step);
+        optimizer_update(&pl, &o, p, g, m, v, 0, 1, grad_scale, lr, step);
         /* the update zeroes the gradient it read (which was not zero) */
         snprintf(name, sizeof name, "%s step %ld: g zeroed", what, step);
         check_begin(c, name, shape, OURO_F32, OURO_F32);
