@@ -275,13 +275,18 @@ def torch_rate(torch, a, compiled):
     except (TypeError, RuntimeError) as e:
         raise RuntimeError(f"fused AdamW is not available in torch {torch.__version__}: {e}")
     step_model = torch.compile(model) if compiled else model
+    # a fresh batch of random tokens every step, as ours reads from its
+    # shard: one batch repeated would be memorised and its loss would fall
     gen = torch.Generator(device="cpu").manual_seed(1337)
-    data = torch.randint(0, min(DATA_VOCAB, m.vocab), (a.batch, m.context + 1), generator=gen)
-    data = data.to(dev)
-    x, y = data[:, :-1].contiguous(), data[:, 1:].contiguous()
+    data = torch.randint(0, min(DATA_VOCAB, m.vocab), (a.steps, a.batch, m.context + 1),
+                         generator=gen).to(dev)
     params = list(model.parameters())
+    counter = [0]
 
     def step():
+        batch = data[counter[0] % a.steps]
+        counter[0] += 1
+        x, y = batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
         opt.zero_grad(set_to_none=True)
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
             loss = step_model(x, y)
