@@ -56,12 +56,23 @@
  *
  * Precision: inputs and outputs in the run's dtype (fp32 or bf16),
  * converted to fp32 on load; all arithmetic and lse/D in fp32.
+ *
+ * Tensor cores. bf16 runs with a head size that is a multiple of 16 up to
+ * 128 (and 16-byte aligned arrays) go to the WMMA kernels of
+ * attention_tc.cu instead, same algorithm and contract; the backward's D
+ * still comes from the kernel here. OURO_ATTENTION_SIMT=1 in the
+ * environment keeps them on the kernels of this file (to compare the two).
+ * fp32 always runs here: the tensor cores take no fp32 inputs, and fp32 is
+ * the exact check against the CPU.
  */
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include "attention_tc.h"
 #include "cuda_check.h"
 #include "kernels.h"
 
@@ -596,10 +607,30 @@ void forward_for_head_size(void *out, float *lse, const void *qkv, const Attenti
     }
 }
 
+/* True when OURO_ATTENTION_SIMT=1 asks to keep bf16 off the tensor cores;
+ * the environment is read once, on first use. */
+bool simt_forced()
+{
+    static const bool forced = [] {
+        const char *v = getenv("OURO_ATTENTION_SIMT");
+        return v != NULL && strcmp(v, "1") == 0;
+    }();
+    return forced;
+}
+
+/* Whether a run of dtype t and head size hs, on these arrays, takes the
+ * tensor-core kernels (see the file comment). */
+bool use_tensor_cores(OuroDType t, int hs, const void *a, const void *b, const void *c,
+                      const void *d)
+{
+    return t == OURO_BF16 && k_attention_tc_handles(hs) && !simt_forced() &&
+           k_attention_tc_aligned(a, b, c, d);
+}
+
 template <typename Elem>
 void backward_for_head_size(void *dqkv, float *D, const void *dout, const void *qkv,
                             const void *out, const float *lse, const AttentionShape &a,
-                            cudaStream_t s)
+                            bool tensor_cores, cudaStream_t s)
 {
     const size_t rows = (size_t)a.B * a.T * a.NH;
     const size_t blocks = (rows + D_WARPS - 1) / D_WARPS;
@@ -609,6 +640,10 @@ void backward_for_head_size(void *dqkv, float *D, const void *dout, const void *
         D, (const Elem *)dout, (const Elem *)out, a.T, a.NH, a.HS, rows);
     cudaCheck(cudaGetLastError());
 
+    if (tensor_cores) {
+        k_attention_tc_backward(dqkv, D, dout, qkv, lse, a.B, a.T, a.C, a.NH, s);
+        return;
+    }
     switch (a.HS) {
 #define ATTENTION_CASE(n)                                                              \
     case n:                                                                            \
@@ -637,7 +672,10 @@ extern "C" void k_attention_forward(void *out, float *lse, const void *qkv, Ouro
         forward_for_head_size<float>(out, lse, qkv, a, s);
         return;
     case OURO_BF16:
-        forward_for_head_size<__nv_bfloat16>(out, lse, qkv, a, s);
+        if (use_tensor_cores(t, a.HS, out, qkv, NULL, NULL))
+            k_attention_tc_forward(out, lse, qkv, B, T, C, NH, s);
+        else
+            forward_for_head_size<__nv_bfloat16>(out, lse, qkv, a, s);
         return;
     }
     die("k_attention_forward: unknown dtype %d", (int)t);
@@ -645,7 +683,8 @@ extern "C" void k_attention_forward(void *out, float *lse, const void *qkv, Ouro
 
 extern "C" size_t k_attention_backward_scratch_floats(int B, int T, int C, int NH)
 {
-    (void)C; /* D has one value per (b, h, t), whatever the head size */
+    (void)C; /* D has one value per (b, h, t), whatever the head size; the
+              * tensor-core path needs the same D and nothing more */
     return (size_t)B * NH * T;
 }
 
@@ -656,10 +695,12 @@ extern "C" void k_attention_backward(void *dqkv, float *scratch, const void *dou
     const AttentionShape a = attention_shape("k_attention_backward", B, T, C, NH);
     switch (t) {
     case OURO_F32:
-        backward_for_head_size<float>(dqkv, scratch, dout, qkv, out, lse, a, s);
+        backward_for_head_size<float>(dqkv, scratch, dout, qkv, out, lse, a, false, s);
         return;
     case OURO_BF16:
-        backward_for_head_size<__nv_bfloat16>(dqkv, scratch, dout, qkv, out, lse, a, s);
+        backward_for_head_size<__nv_bfloat16>(
+            dqkv, scratch, dout, qkv, out, lse, a,
+            use_tensor_cores(t, a.HS, dqkv, dout, qkv, out), s);
         return;
     }
     die("k_attention_backward: unknown dtype %d", (int)t);
