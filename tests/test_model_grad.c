@@ -57,7 +57,7 @@ static void check(const char *what, const Case *k, double err, double tol) {
            err, tol);
 }
 
-/* A configuration in the brief's ranges, drawn from a fixed seed. Odd
+/* A configuration in the tested ranges, drawn from a fixed seed. Odd
  * seeds run T one short of block_size (the activations are sized for
  * block_size), even seeds the full context. */
 static Case draw_case(uint64_t seed) {

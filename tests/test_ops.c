@@ -43,7 +43,7 @@ typedef struct {
 } Shape;
 
 static const Shape shapes[] = {
-    {2, 7, 12, 3, 11, 1}, /* the brief's odd sizes */
+    {2, 7, 12, 3, 11, 1}, /* odd sizes everywhere */
     {1, 5, 8, 2, 7, 2},   /* N = 5 */
     {3, 4, 6, 1, 13, 3},  /* one head */
     {2, 3, 10, 5, 5, 4},  /* head size 2 */
