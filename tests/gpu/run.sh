@@ -25,7 +25,10 @@
 #   bp-3-ranks, ouroboros-3-ranks
 #                       3 MPI ranks sharing the GPU (device=cuda
 #                       precision=fp32) give the params_sha256 of their
-#                       serial emulation (emulate=1 ranks=3).
+#                       serial emulation (emulate=1 ranks=3);
+#   resume-bf16         a run stopped at step 9 with a checkpoint and
+#                       resumed ends as the uninterrupted one (in-flight
+#                       activations of ouroboros-pipelined on the GPU).
 # A line per item as it ends (with the failing checks of a failed one),
 # then a summary table of at most ~30 lines, printed last.
 #
@@ -489,6 +492,42 @@ for sched in bp ouroboros; do
         run_failure $item
     fi
 done
+
+# A checkpoint in mid-run and a resume on the GPU, against the run that
+# never stopped: the backend's own export and import of the in-flight
+# activations (and of the weights a delayed backward keeps) and the
+# state's download and upload. Emulated ranks, so no launcher is needed.
+item=resume-bf16
+begin_item
+RES="$MODEL steps=20 schedule=ouroboros-pipelined activations=store emulate=1 ranks=3"
+RES="$RES device=cuda precision=bf16"
+if "$OURO" inspect "$TMP" 2>&1 | grep -q 'need HDF5'; then
+    result SKIP $item 0 "built without HDF5: no checkpoints"
+elif [ "$(limit 60)" = 0 ]; then
+    result NOTRUN $item 0 "the suite's time budget (GPU_SUITE_BUDGET=$BUDGET s) is spent"
+elif train 120 resume-whole $RES; then
+    _lim=$(limit 120)
+    timed "$_lim" "$TMP/resume-stop.log" "$OURO" train data="$CORPUS" out="$TMP/resume-r" \
+        $RES stop_after=9
+    if ! grep -q '^stopped after step 9 of 20' "$TMP/resume-stop.log"; then
+        result FAIL $item "$(secs)" "no 'stopped after step 9' ($TMP/resume-stop.log): $(tail -n 1 "$TMP/resume-stop.log")"
+    elif train 120 resume-go $RES resume=latest out="$TMP/resume-r"; then
+        a=$(final_field "$TMP/resume-whole.log" params_sha256)
+        b=$(final_field "$TMP/resume-go.log" params_sha256)
+        if ! grep -q 'in-flight state restored' "$TMP/resume-go.log"; then
+            result FAIL $item "$(secs)" "the resume did not restore the in-flight state"
+        elif [ "$a" = "$b" ]; then
+            result PASS $item "$(secs)" \
+                "stopped after step 9, resumed == uninterrupted: $(echo "$a" | cut -c1-16)..."
+        else
+            result FAIL $item "$(secs)" "uninterrupted $a, stopped and resumed $b"
+        fi
+    else
+        run_failure $item
+    fi
+else
+    run_failure $item
+fi
 
 print_table >"$TMP/summary.txt"
 cat "$TMP/summary.txt"
