@@ -853,7 +853,7 @@ typedef struct {
     size_t bytes;
 } DevSpan;
 
-enum { ACTS_STATE_HEADER = 4, ACTS_STATE_MAX_EXTRA = 3 + 6 + 4 };
+enum { ACTS_STATE_MAX_EXTRA = 3 + 6 + 4 };
 
 static int acts_state_spans(const ParamLayout *pl, const BackendActs *a, DevSpan *s) {
     size_t N = (size_t)a->B * a->T, C = (size_t)a->C, V = (size_t)a->V;
@@ -918,9 +918,8 @@ static size_t cu_acts_state_floats(Backend *be, const ParamLayout *pl, const Bac
 static void cu_acts_export(Backend *be, const ParamLayout *pl, const BackendActs *a,
                            float *host_dst) {
     CudaImpl *im = enter(be);
-    int32_t head[ACTS_STATE_HEADER - 1] = {a->cur_B, a->cur_T, a->have_targets};
-    memcpy(host_dst, head, sizeof head);
-    host_dst[ACTS_STATE_HEADER - 1] = a->loss;
+    acts_state_header_write(host_dst, (ActsStateHeader){a->cur_B, a->cur_T, a->have_targets,
+                                                        a->loss});
     float *dst = host_dst + ACTS_STATE_HEADER;
     DevSpan *s = state_spans_alloc(a);
     int n = acts_state_spans(pl, a, s);
@@ -937,15 +936,11 @@ static void cu_acts_export(Backend *be, const ParamLayout *pl, const BackendActs
 static void cu_acts_import(Backend *be, const ParamLayout *pl, BackendActs *a,
                            const float *host_src) {
     CudaImpl *im = enter(be);
-    int32_t head[ACTS_STATE_HEADER - 1];
-    memcpy(head, host_src, sizeof head);
-    if (head[0] < 0 || head[0] > a->B || head[1] < 0 || head[1] > a->T)
-        die("backend acts_import: saved batch %dx%d exceeds the %dx%d of these activations",
-            head[0], head[1], a->B, a->T);
-    a->cur_B = head[0];
-    a->cur_T = head[1];
-    a->have_targets = head[2];
-    a->loss = host_src[ACTS_STATE_HEADER - 1];
+    ActsStateHeader h = acts_state_header_read(host_src, a->B, a->T, "backend acts_import");
+    a->cur_B = h.B;
+    a->cur_T = h.T;
+    a->have_targets = h.have_targets;
+    a->loss = h.loss;
     const float *src = host_src + ACTS_STATE_HEADER;
     /* tokens and targets lead: keep the host's copies too (the embedding
      * backward groups positions by token on the host) */

@@ -335,8 +335,22 @@ static int acts_state_spans(const ParamLayout *pl, const ModuleActs *a, StateSpa
     return n;
 }
 
-/* Four header words: the shape of the last forward, have_targets, loss. */
-enum { ACTS_STATE_HEADER = 4 };
+void acts_state_header_write(float dst[ACTS_STATE_HEADER], ActsStateHeader h) {
+    int32_t head[ACTS_STATE_HEADER - 1] = {h.B, h.T, h.have_targets};
+    memcpy(dst, head, sizeof head);
+    dst[ACTS_STATE_HEADER - 1] = h.loss;
+}
+
+ActsStateHeader acts_state_header_read(const float src[ACTS_STATE_HEADER], int cap_B,
+                                       int cap_T, const char *who) {
+    int32_t head[ACTS_STATE_HEADER - 1];
+    memcpy(head, src, sizeof head);
+    if (head[0] < 0 || head[0] > cap_B || head[1] < 0 || head[1] > cap_T)
+        die("%s: saved batch %dx%d exceeds the %dx%d of these activations", who, head[0],
+            head[1], cap_B, cap_T);
+    ActsStateHeader h = {head[0], head[1], head[2], src[ACTS_STATE_HEADER - 1]};
+    return h;
+}
 
 static StateSpan *state_spans_alloc(const ModuleActs *a) {
     int nb = a->spec.block_hi - a->spec.block_lo;
@@ -353,9 +367,8 @@ size_t module_acts_state_floats(const ParamLayout *pl, const ModuleActs *a) {
 }
 
 void module_acts_export(const ParamLayout *pl, const ModuleActs *a, float *dst) {
-    int32_t head[ACTS_STATE_HEADER - 1] = {a->cur_B, a->cur_T, a->have_targets};
-    memcpy(dst, head, sizeof head);
-    dst[ACTS_STATE_HEADER - 1] = a->loss;
+    acts_state_header_write(dst, (ActsStateHeader){a->cur_B, a->cur_T, a->have_targets,
+                                                   a->loss});
     dst += ACTS_STATE_HEADER;
     StateSpan *s = state_spans_alloc(a);
     int n = acts_state_spans(pl, a, s);
@@ -367,15 +380,11 @@ void module_acts_export(const ParamLayout *pl, const ModuleActs *a, float *dst) 
 }
 
 void module_acts_import(const ParamLayout *pl, ModuleActs *a, const float *src) {
-    int32_t head[ACTS_STATE_HEADER - 1];
-    memcpy(head, src, sizeof head);
-    if (head[0] < 0 || head[0] > a->B || head[1] < 0 || head[1] > a->T)
-        die("module_acts_import: saved batch %dx%d exceeds the %dx%d of these activations",
-            head[0], head[1], a->B, a->T);
-    a->cur_B = head[0];
-    a->cur_T = head[1];
-    a->have_targets = head[2];
-    a->loss = src[ACTS_STATE_HEADER - 1];
+    ActsStateHeader h = acts_state_header_read(src, a->B, a->T, "module_acts_import");
+    a->cur_B = h.B;
+    a->cur_T = h.T;
+    a->have_targets = h.have_targets;
+    a->loss = h.loss;
     src += ACTS_STATE_HEADER;
     StateSpan *s = state_spans_alloc(a);
     int n = acts_state_spans(pl, a, s);

@@ -131,6 +131,19 @@ size_t module_acts_bytes(const ModuleActs *a);
  * module_acts_state_floats() floats (integers bit for bit), import reads
  * them into activations of the same module and capacity. */
 size_t module_acts_state_floats(const ParamLayout *pl, const ModuleActs *a);
+/* The words that lead every backend's saved forward state: the shape of
+ * the last forward, whether it had targets (the three as int32 bits), and
+ * its loss. The arrays that follow are each backend's own. */
+enum { ACTS_STATE_HEADER = 4 };
+typedef struct {
+    int B, T, have_targets;
+    float loss;
+} ActsStateHeader;
+void acts_state_header_write(float dst[ACTS_STATE_HEADER], ActsStateHeader h);
+/* Reads the header and checks the shape fits activations of capacity
+ * cap_B x cap_T; dies naming `who` when it does not. */
+ActsStateHeader acts_state_header_read(const float src[ACTS_STATE_HEADER], int cap_B,
+                                       int cap_T, const char *who);
 void module_acts_export(const ParamLayout *pl, const ModuleActs *a, float *dst);
 void module_acts_import(const ParamLayout *pl, ModuleActs *a, const float *src);
 
