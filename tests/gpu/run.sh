@@ -332,6 +332,19 @@ close() {
         awk -v a="$1" -v b="$2" -v r="$3" 'BEGIN { d = a - b; exit !(d * d <= r * r * b * b) }'
 }
 
+# same_sha ITEM A B LABEL_A LABEL_B SAYS: the row of ITEM, PASS when the
+# runs A and B ended with the same params_sha256 (saying SAYS and the
+# hash), else FAIL naming both.
+same_sha() {
+    _a=$(final_field "$TMP/$2.log" params_sha256)
+    _b=$(final_field "$TMP/$3.log" params_sha256)
+    if [ "$_a" = "$_b" ]; then
+        result PASS "$1" "$(secs)" "$6: $(echo "$_a" | cut -c1-16)..."
+    else
+        result FAIL "$1" "$(secs)" "$4 $_a, $5 $_b"
+    fi
+}
+
 # begin_item: the time an item starts, for its row.
 begin_item() { T0=$(date +%s); }
 secs() { echo $(($(date +%s) - T0)); }
@@ -446,14 +459,8 @@ if [ "$(limit 60)" = 0 ]; then
     result NOTRUN $item 0 "the suite's time budget (GPU_SUITE_BUDGET=$BUDGET s) is spent"
 elif train 120 bf16-a $MODEL steps=50 device=cuda precision=bf16 &&
     train 120 bf16-b $MODEL steps=50 device=cuda precision=bf16; then
-    a=$(final_field "$TMP/bf16-a.log" params_sha256)
-    b=$(final_field "$TMP/bf16-b.log" params_sha256)
     la=$(final_field "$TMP/bf16-a.log" train_loss)
-    if [ "$a" = "$b" ]; then
-        result PASS $item "$(secs)" "params_sha256 $(echo "$a" | cut -c1-16)... twice; loss $la"
-    else
-        result FAIL $item "$(secs)" "params_sha256 $a, then $b"
-    fi
+    same_sha $item bf16-a bf16-b "params_sha256" "then" "the same params_sha256 twice (loss $la)"
 else
     run_failure $item
 fi
@@ -480,14 +487,8 @@ for sched in bp ouroboros; do
     elif [ "$(limit 60)" = 0 ]; then
         result NOTRUN $item 0 "the suite's time budget (GPU_SUITE_BUDGET=$BUDGET s) is spent"
     elif mpitrain 150 3 "$sched-mpi" $GPU3 && train 120 "$sched-emu" $GPU3 emulate=1 ranks=3; then
-        a=$(final_field "$TMP/$sched-mpi.log" params_sha256)
-        b=$(final_field "$TMP/$sched-emu.log" params_sha256)
-        if [ "$a" = "$b" ]; then
-            result PASS $item "$(secs)" \
-                "mpirun -np 3 == emulate=1 ranks=3: $(echo "$a" | cut -c1-16)..."
-        else
-            result FAIL $item "$(secs)" "mpirun -np 3 $a, emulate=1 ranks=3 $b"
-        fi
+        same_sha $item "$sched-mpi" "$sched-emu" "mpirun -np 3" "emulate=1 ranks=3" \
+            "mpirun -np 3 == emulate=1 ranks=3"
     else
         run_failure $item
     fi
@@ -512,15 +513,11 @@ elif train 120 resume-whole $RES; then
     if ! grep -q '^stopped after step 9 of 20' "$TMP/resume-stop.log"; then
         result FAIL $item "$(secs)" "no 'stopped after step 9' ($TMP/resume-stop.log): $(tail -n 1 "$TMP/resume-stop.log")"
     elif train 120 resume-go $RES resume=latest out="$TMP/resume-r"; then
-        a=$(final_field "$TMP/resume-whole.log" params_sha256)
-        b=$(final_field "$TMP/resume-go.log" params_sha256)
         if ! grep -q 'in-flight state restored' "$TMP/resume-go.log"; then
             result FAIL $item "$(secs)" "the resume did not restore the in-flight state"
-        elif [ "$a" = "$b" ]; then
-            result PASS $item "$(secs)" \
-                "stopped after step 9, resumed == uninterrupted: $(echo "$a" | cut -c1-16)..."
         else
-            result FAIL $item "$(secs)" "uninterrupted $a, stopped and resumed $b"
+            same_sha $item resume-whole resume-go "uninterrupted" "stopped and resumed" \
+                "stopped after step 9, resumed == uninterrupted"
         fi
     else
         run_failure $item
