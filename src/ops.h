@@ -13,6 +13,18 @@
 
 #include <stdint.h>
 
+/* The CPU's element-wise and row-wise loops (here and in optimizer.c) are
+ * compiled for AVX-512, AVX2 and plain SSE2, and the best one the CPU has
+ * is picked at load time (GCC's function clones): the build stays portable
+ * (no -march=native), and the clones give identical bits, since every clone
+ * does the same IEEE operations in the same order (no FMA contraction under
+ * -std=c11, and reductions go through fixed lanes), only more at a time. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define VECTOR_CLONES
+#endif
+
 /* Sets up the calling thread for the backend: on x86, denormal inputs and
  * results are flushed to zero (FTZ/DAZ). Tiny probabilities and the
  * unused lanes of branch-free vector code otherwise fall into denormals,

@@ -13,18 +13,6 @@
 
 #define LN_EPS 1e-5f
 
-/* The element-wise and row-wise loops are compiled for AVX-512, AVX2 and
- * plain SSE2, and the best one the CPU has is picked at load time (GCC's
- * function clones): the build stays portable (no -march=native), and the
- * clones give identical bits, since every clone does the same IEEE
- * operations in the same order (no FMA contraction under -std=c11, and
- * reductions go through the fixed lanes below), only more at a time. */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define VECTOR_CLONES
-#endif
-
 /* Reductions over a row in a fixed order the compiler can vectorise: LANES
  * interleaved partial results (element i goes to lane i mod LANES), then
  * the lanes combined left to right. A plain left-to-right float sum may not

@@ -4,14 +4,7 @@
 #include <math.h>
 #include <string.h>
 
-/* The update loops run over every parameter each step: compiled for
- * AVX-512, AVX2 and SSE2, picked at load time, with the same bits from each
- * (see ops_cpu.c). */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define VECTOR_CLONES
-#endif
+#include "ops.h"
 
 void optimizer_spec_from_config(OptimizerSpec *o, const Config *c) {
     o->adam = strcmp(c->optimizer, "adamw") == 0;
@@ -23,7 +16,8 @@ void optimizer_spec_from_config(OptimizerSpec *o, const Config *c) {
 }
 
 /* Each reads g * gs (gs: the clipping scale), updates, and zeroes g: one
- * pass over the gradient instead of three. */
+ * pass over the gradient instead of three. They run over every parameter
+ * each step, so they are vector clones (ops.h). */
 VECTOR_CLONES static void adamw_tensor(float *p, float *g, float *m, float *v, size_t n,
                                        const OptimizerSpec *o, float gs, float lr, float wd,
                                        long t) {
