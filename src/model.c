@@ -187,7 +187,8 @@ struct ModuleActs {
     float *losses; /* [N] */
     float loss;
     /* backward scratch, shared by the blocks */
-    float *d_res_a, *d_c, *d_3c, *d_4c, *d_tt;
+    float *d_res_a, *d_c, *d_3c, *d_4c;
+    float *att_scratch; /* attention's, forward and backward */
     /* The weights of the last forward, when kept (module_acts_keep_weights):
      * parameter-shaped, only the module's slices written. */
     float *weights;
@@ -258,7 +259,7 @@ ModuleActs *module_acts_create(const ParamLayout *pl, const ModuleSpec *m,
     a->d_c = acts_alloc(a, N * C);
     a->d_3c = acts_alloc(a, N * 3 * C);
     a->d_4c = acts_alloc(a, N * 4 * C);
-    a->d_tt = acts_alloc(a, (size_t)T * T);
+    a->att_scratch = acts_alloc(a, attention_scratch_floats(T, C, NH));
     return a;
 }
 
@@ -274,7 +275,7 @@ void module_acts_free(ModuleActs *a) {
     }
     float *rest[] = {a->input, a->lnf, a->lnf_mean, a->lnf_rstd, a->probs,
                      a->losses, a->d_res_a, a->d_c,
-                     a->d_3c, a->d_4c, a->d_tt, a->weights};
+                     a->d_3c, a->d_4c, a->att_scratch, a->weights};
     for (size_t j = 0; j < sizeof rest / sizeof rest[0]; j++) free(rest[j]);
     free(a->blocks);
     free(a->tokens);
@@ -404,13 +405,13 @@ static float *bt(const ParamLayout *pl, const float *buf, int l, int which) {
 
 static void block_forward(const ParamLayout *pl, const float *p, int l,
                           BlockActs *k, const float *x, float *scratch,
-                          int B, int T) {
+                          float *att_scratch, int B, int T) {
     int C = pl->cfg.n_embd, NH = pl->cfg.n_head, N = B * T;
     layernorm_forward(k->ln1, k->ln1_mean, k->ln1_rstd, x,
                       bt(pl, p, l, BT_LN1_W), bt(pl, p, l, BT_LN1_B), N, C);
     matmul_forward(k->qkv, k->ln1, bt(pl, p, l, BT_ATTN_W),
                    bt(pl, p, l, BT_ATTN_B), N, C, 3 * C);
-    attention_forward(k->atty, k->att, k->qkv, B, T, C, NH);
+    attention_forward(k->atty, k->att, att_scratch, k->qkv, B, T, C, NH);
     matmul_forward(scratch, k->atty, bt(pl, p, l, BT_ATTNPROJ_W),
                    bt(pl, p, l, BT_ATTNPROJ_B), N, C, C);
     residual_forward(k->res2, x, scratch, N * C);
@@ -453,7 +454,7 @@ const float *module_forward(const ParamLayout *pl, const float *params,
     const float *x = a->input;
     for (int l = m->block_lo; l < m->block_hi; l++) {
         BlockActs *k = &a->blocks[l - m->block_lo];
-        block_forward(pl, params, l, k, x, a->d_c, B, T);
+        block_forward(pl, params, l, k, x, a->d_c, a->att_scratch, B, T);
         x = k->out;
     }
     if (!m->has_head) return x;
@@ -502,7 +503,7 @@ static void block_backward(const ParamLayout *pl, const float *p, float *g,
     matmul_backward_input(a->d_c, dresid, bt(pl, p, l, BT_ATTNPROJ_W), N, C, C, 0.0f);
     matmul_backward_weight(bt(pl, g, l, BT_ATTNPROJ_W), bt(pl, g, l, BT_ATTNPROJ_B), dresid,
                            k->atty, N, C, C);
-    attention_backward(a->d_3c, a->d_tt, a->d_c, k->qkv, k->att, B, T, C, NH);
+    attention_backward(a->d_3c, a->att_scratch, a->d_c, k->qkv, k->att, B, T, C, NH);
     matmul_backward_input(a->d_c, a->d_3c, bt(pl, p, l, BT_ATTN_W), N, C, 3 * C, 0.0f);
     matmul_backward_weight(bt(pl, g, l, BT_ATTN_W), bt(pl, g, l, BT_ATTN_B), a->d_3c,
                            k->ln1, N, C, 3 * C);

@@ -1,5 +1,6 @@
 /* ops.h - the CPU backend: forward and backward of every operation of the
- * model, fp32, on row-major arrays. Matrix products go through BLAS.
+ * model, fp32, on row-major arrays. Matrix products go through BLAS, but
+ * for attention's many small ones, which have their own register tiles.
  *
  * Conventions: N = B*T rows; C channels. Backward functions ACCUMULATE
  * (+=) into every gradient they produce, for parameters and for inputs, so
@@ -11,6 +12,7 @@
 #ifndef OURO_OPS_H
 #define OURO_OPS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 /* The CPU's element-wise and row-wise loops (here and in optimizer.c) are
@@ -21,8 +23,14 @@
  * -std=c11, and reductions go through fixed lanes), only more at a time. */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+/* The same for loops written with fmaf, whose clones need FMA as well
+ * (x86-64-v4: AVX-512 and FMA; v3: AVX2 and FMA). The plain clone calls
+ * libm's fmaf, which rounds once like the instruction: the same bits. */
+#define VECTOR_FMA_CLONES                                                                  \
+    __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define VECTOR_CLONES
+#define VECTOR_FMA_CLONES
 #endif
 
 /* Sets up the calling thread for the backend: on x86, denormal inputs and
@@ -64,11 +72,13 @@ void matmul_backward_weight(float *dW, float *dbias, const float *dy,
 
 /* Causal self-attention. qkv is [B,T,3C] (q, k, v each C wide, heads of
  * C/NH). att saves the softmax probabilities [B,NH,T,T] (upper triangle
- * zero). out is [B,T,C], heads concatenated. */
-void attention_forward(float *out, float *att, const float *qkv, int B, int T,
-                       int C, int NH);
+ * zero). out is [B,T,C], heads concatenated. scratch holds
+ * attention_scratch_floats(T, C, NH) floats, for forward and backward. */
+size_t attention_scratch_floats(int T, int C, int NH);
+void attention_forward(float *out, float *att, float *scratch, const float *qkv, int B,
+                       int T, int C, int NH);
 /* dqkv = d(qkv), OVERWRITTEN (an exception to the accumulate rule: the
- * caller needs no zeroing pass); scratch holds T*T floats. */
+ * caller needs no zeroing pass). */
 void attention_backward(float *dqkv, float *scratch, const float *dout,
                         const float *qkv, const float *att, int B, int T,
                         int C, int NH);

@@ -108,6 +108,17 @@ static inline float exp_approx(float x) {
     return p * scale;
 }
 
+/* x = exp(x - m) in place; returns the sum of the new x, added in the
+ * lanes of row_sum (the same bits as row_sum after the loop). */
+static inline float exp_shift_sum(float *x, float m, int n) {
+    float acc[LANES] = {0};
+    int i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int k = 0; k < LANES; k++) acc[k] += x[i + k] = exp_approx(x[i + k] - m);
+    for (int k = 0; i < n; i++, k++) acc[k] += x[i] = exp_approx(x[i] - m);
+    return lanes_sum(acc);
+}
+
 
 VECTOR_CLONES void embedding_forward(float *out, const int32_t *tokens, const float *wte,
                        const float *wpe, int B, int T, int C) {
@@ -216,90 +227,244 @@ void matmul_backward(float *dx, float *dW, float *dbias, const float *dy,
     matmul_backward_weight(dW, dbias, dy, x, N, IC, OC);
 }
 
-/* Row i of a causal score matrix: softmax over j <= i, zero above. */
-static inline void causal_softmax_row(float *row, int i, int T) {
-    float mx = row_max(row, i + 1);
-    for (int j = 0; j <= i; j++) row[j] = exp_approx(row[j] - mx);
-    float sum = row_sum(row, i + 1);
-    float inv = 1.0f / sum;
-    for (int j = 0; j <= i; j++) row[j] *= inv;
-    for (int j = i + 1; j < T; j++) row[j] = 0.0f;
+/* Attention's products are many small ones (per sequence and head, T x T
+ * by a head of 32 or 64), too small for BLAS, which spends more time
+ * packing them than multiplying. They go through one register tile
+ * instead: ATT_TR rows by ATT_TW columns of a product, accumulated in
+ * registers over a shared inner dimension,
+ *
+ *   tile[r][c] = sum_d a[r][d * astep] * b[d * ldb + c],
+ *
+ * where a's rows are given as pointers, so one routine serves the row
+ * products (S = Q K^T against K packed transposed, O = P V) and the
+ * column ones (dV = P^T dO, reading P's columns with astep T). Every
+ * multiply-add is fused (fmaf): one rounding per term on every machine,
+ * whether the clone has FMA instructions or libm's exact fmaf stands in.
+ *
+ * Causality: queries go in blocks of ATT_TR rows, and a block's scores
+ * cover the keys up to its last row, rounded up to ATT_TW; the few scores
+ * above the diagonal are computed and then zeroed by the softmax, so P
+ * stays exactly causal. A key block's dK, dV sum only over the queries at
+ * or after it. */
+enum { ATT_TR = 4, ATT_TW = 32 };
+
+/* Everything that multiplies is inlined into the cloned entry points
+ * (attention_forward, attention_backward): a function left out of line
+ * would be compiled once, without FMA, and call libm's fmaf per term. */
+#define ATT_INLINE static inline __attribute__((always_inline))
+
+static inline int round_up(int x, int m) { return (x + m - 1) / m * m; }
+
+ATT_INLINE void att_tile(float tile[ATT_TR][ATT_TW], const float *const a[ATT_TR],
+                         size_t astep, const float *b, size_t ldb, int n) {
+    for (int r = 0; r < ATT_TR; r++)
+        for (int c = 0; c < ATT_TW; c++) tile[r][c] = 0.0f;
+    for (int d = 0; d < n; d++) {
+        const float *bd = b + (size_t)d * ldb;
+        for (int r = 0; r < ATT_TR; r++) {
+            float x = a[r][(size_t)d * astep];
+            for (int c = 0; c < ATT_TW; c++) tile[r][c] = fmaf(x, bd[c], tile[r][c]);
+        }
+    }
 }
 
-/* Per (sequence, head), the products are plain matrix products on strided
- * views of qkv: S = scale Q K^T, P = softmax(S), O = P V. Causality lets
- * them skip the upper triangle: queries go in blocks of ATT_ROWS rows, and
- * a block attends only the keys up to its last row, so the products cover
- * (n+1)/2n of the square for n blocks instead of all of it. Inside a
- * block the few scores above the diagonal are computed and then zeroed by
- * the softmax, so P stays exactly causal (and zero above the diagonal). */
-enum { ATT_ROWS = 32 };
+/* dst[r][c] = scale * tile[r][c] for the rows and columns that exist
+ * (a whole tile in vector stores) */
+ATT_INLINE void att_tile_store(float *dst, size_t ld, float tile[ATT_TR][ATT_TW], int rows,
+                               int cols, float scale) {
+    if (rows >= ATT_TR && cols >= ATT_TW) {
+        for (int r = 0; r < ATT_TR; r++)
+            for (int c = 0; c < ATT_TW; c++) dst[(size_t)r * ld + c] = tile[r][c] * scale;
+        return;
+    }
+    for (int r = 0; r < rows && r < ATT_TR; r++)
+        for (int c = 0; c < cols && c < ATT_TW; c++) dst[(size_t)r * ld + c] = tile[r][c] * scale;
+}
 
-VECTOR_CLONES void attention_forward(float *out, float *att, const float *qkv, int B, int T,
-                       int C, int NH) {
-    int hs = C / NH;
-    float scale = 1.0f / sqrtf((float)hs);
+/* Row pointers of an ATT_TR block starting at row i0 of x (stride ld);
+ * rows past n repeat row n - 1 (read, never stored) */
+static inline void att_rows(const float *rows[ATT_TR], const float *x, size_t ld, int i0,
+                            int n) {
+    for (int r = 0; r < ATT_TR; r++) rows[r] = x + (size_t)(i0 + r < n ? i0 + r : n - 1) * ld;
+}
+
+/* One head's sizes: T rows (queries or keys) of hs columns, and both
+ * rounded up to whole tiles (Tp, hsp) for the packed copies. */
+typedef struct {
+    int T, hs, Tp, hsp;
+} AttDims;
+
+static AttDims att_dims(int T, int C, int NH) {
+    AttDims d = {T, C / NH, round_up(T, ATT_TW), round_up(C / NH, ATT_TW)};
+    return d;
+}
+
+size_t attention_scratch_floats(int T, int C, int NH) {
+    AttDims d = att_dims(T, C, NH);
+    return (size_t)d.hs * d.Tp + 3 * (size_t)d.Tp * d.hsp + (size_t)d.Tp * d.Tp;
+}
+
+/* xt[c][j] = x[j][c]: [T, hs] (stride ld) to [hs, Tp], zero past T */
+static void att_pack_transposed(float *xt, const float *x, size_t ld, AttDims d) {
+    for (int j = 0; j < d.T; j++) {
+        const float *xj = x + (size_t)j * ld;
+        for (int c = 0; c < d.hs; c++) xt[(size_t)c * d.Tp + j] = xj[c];
+    }
+    for (int c = 0; c < d.hs; c++)
+        for (int j = d.T; j < d.Tp; j++) xt[(size_t)c * d.Tp + j] = 0.0f;
+}
+
+/* A [T, hs] view as the b operand of a tile: itself when hs is a whole
+ * number of tiles, else copied into [T, hsp] with zero columns. Sets *ldb. */
+static const float *att_columns(float *pad, const float *x, size_t ld, AttDims d,
+                                size_t *ldb) {
+    if (d.hs == d.hsp) {
+        *ldb = ld;
+        return x;
+    }
+    for (int j = 0; j < d.T; j++) {
+        float *row = pad + (size_t)j * d.hsp;
+        memcpy(row, x + (size_t)j * ld, (size_t)d.hs * sizeof(float));
+        for (int c = d.hs; c < d.hsp; c++) row[c] = 0.0f;
+    }
+    *ldb = (size_t)d.hsp;
+    return pad;
+}
+
+/* out rows [i0, i0 + ATT_TR) (stride ldo) = a rows (pointers, astep 1) times
+ * b [n, hsp], all column tiles */
+ATT_INLINE void att_rows_times(float *out, size_t ldo, int rows, const float *const a[ATT_TR],
+                               const float *b, size_t ldb, int n, AttDims d) {
+    float tile[ATT_TR][ATT_TW];
+    for (int c0 = 0; c0 < d.hsp; c0 += ATT_TW) {
+        att_tile(tile, a, 1, b + c0, ldb, n);
+        att_tile_store(out + c0, ldo, tile, rows, d.hs - c0, 1.0f);
+    }
+}
+
+/* out rows [j0, j0 + ATT_TR) = (x^T b) over rows i >= j0 of x [T, ldx] and
+ * b: the key block's sum over the queries that see it */
+ATT_INLINE void att_cols_times(float *out, size_t ldo, const float *x, size_t ldx, int j0,
+                               const float *b, size_t ldb, AttDims d) {
+    float tile[ATT_TR][ATT_TW];
+    const float *ac[ATT_TR];
+    for (int r = 0; r < ATT_TR; r++)
+        ac[r] = x + (size_t)j0 * ldx + (j0 + r < d.T ? j0 + r : d.T - 1);
+    int rows = d.T - j0 < ATT_TR ? d.T - j0 : ATT_TR;
+    for (int c0 = 0; c0 < d.hsp; c0 += ATT_TW) {
+        att_tile(tile, ac, ldx, b + (size_t)j0 * ldb + c0, ldb, d.T - j0);
+        att_tile_store(out + c0, ldo, tile, rows, d.hs - c0, 1.0f);
+    }
+}
+
+/* Row i of a causal score matrix s: softmax over j <= i, zero above up to
+ * n, written to s and to p (which is zero above up to T) */
+static inline void causal_softmax_row(float *s, float *p, int i, int n, int T) {
+    float inv = 1.0f / exp_shift_sum(s, row_max(s, i + 1), i + 1);
+    for (int j = 0; j <= i; j++) p[j] = s[j] = s[j] * inv;
+    for (int j = i + 1; j < n; j++) s[j] = 0.0f;
+    for (int j = i + 1; j < T; j++) p[j] = 0.0f;
+}
+
+/* One (sequence, head): q, k, v, o are [T, hs] views (strides ldq, ldo). */
+ATT_INLINE void attention_head_forward(float *o, size_t ldo, float *p, const float *q,
+                                       const float *k, const float *v, size_t ldq,
+                                       float *scratch, AttDims d, float scale) {
+    float *kt = scratch, *vpad = kt + (size_t)d.hs * d.Tp, *sb = vpad + (size_t)d.Tp * d.hsp;
+    size_t ldv;
+    att_pack_transposed(kt, k, ldq, d);
+    const float *vb = att_columns(vpad, v, ldq, d, &ldv);
+    float tile[ATT_TR][ATT_TW];
+    const float *rows[ATT_TR];
+    for (int i0 = 0; i0 < d.T; i0 += ATT_TR) {
+        int nrows = d.T - i0 < ATT_TR ? d.T - i0 : ATT_TR, keys = i0 + nrows;
+        int kc = round_up(keys, ATT_TW);
+        /* S block into sb [ATT_TR, Tp], then P in place, copied to p */
+        att_rows(rows, q, ldq, i0, d.T);
+        for (int j0 = 0; j0 < kc; j0 += ATT_TW) {
+            att_tile(tile, rows, 1, kt + j0, d.Tp, d.hs);
+            att_tile_store(sb + j0, d.Tp, tile, ATT_TR, ATT_TW, scale);
+        }
+        for (int r = 0; r < nrows; r++)
+            causal_softmax_row(sb + (size_t)r * d.Tp, p + (size_t)(i0 + r) * d.T, i0 + r, kc,
+                               d.T);
+        /* O rows = P rows V, over the keys the block sees */
+        att_rows(rows, sb, d.Tp, 0, nrows);
+        att_rows_times(o + (size_t)i0 * ldo, ldo, nrows, rows, vb, ldv, keys, d);
+    }
+}
+
+VECTOR_FMA_CLONES void attention_forward(float *out, float *att, float *scratch,
+                                         const float *qkv, int B, int T, int C, int NH) {
+    AttDims d = att_dims(T, C, NH);
+    float scale = 1.0f / sqrtf((float)d.hs);
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++) {
-            const float *q = qkv + (size_t)b * T * 3 * C + h * hs;
-            const float *k = q + C;
-            const float *v = q + 2 * C;
-            float *p = att + ((size_t)b * NH + h) * T * T;
-            float *o = out + (size_t)b * T * C + h * hs;
-            for (int i0 = 0; i0 < T; i0 += ATT_ROWS) {
-                int rows = T - i0 < ATT_ROWS ? T - i0 : ATT_ROWS, keys = i0 + rows;
-                float *pb = p + (size_t)i0 * T;
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, keys, hs, scale,
-                            q + (size_t)i0 * 3 * C, 3 * C, k, 3 * C, 0.0f, pb, T);
-                for (int i = i0; i < keys; i++) causal_softmax_row(p + (size_t)i * T, i, T);
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hs, keys, 1.0f,
-                            pb, T, v, 3 * C, 0.0f, o + (size_t)i0 * C, C);
-            }
+            const float *q = qkv + (size_t)b * T * 3 * C + h * d.hs;
+            attention_head_forward(out + (size_t)b * T * C + h * d.hs, (size_t)C,
+                                   att + ((size_t)b * NH + h) * T * T, q, q + C, q + 2 * C,
+                                   3 * (size_t)C, scratch, d, scale);
         }
 }
 
-/* The same blocks: a query block's rows of dP, dS, and its contributions
- * to dQ (its own rows) and to dK, dV (the keys it attends). The blocks go
- * last to first: the last attends every key, so its products write all of
- * dK and dV (beta 0) and the others add to them, and each block writes its
- * own rows of dQ: dqkv is overwritten, with no zeroing pass. */
-VECTOR_CLONES void attention_backward(float *dqkv, float *scratch, const float *dout,
-                                      const float *qkv, const float *att, int B, int T,
-                                      int C, int NH) {
-    int hs = C / NH;
-    float scale = 1.0f / sqrtf((float)hs);
-    int last = (T - 1) / ATT_ROWS * ATT_ROWS;
+/* One (sequence, head) backward: dq, dk, dv share q's stride ldq. */
+ATT_INLINE void attention_head_backward(float *dq, float *dk, float *dv, const float *dO,
+                                        size_t ldo, const float *p, const float *q,
+                                        const float *k, const float *v, size_t ldq,
+                                        float *scratch, AttDims d, float scale) {
+    float *vt = scratch, *kpad = vt + (size_t)d.hs * d.Tp;
+    float *qpad = kpad + (size_t)d.Tp * d.hsp, *opad = qpad + (size_t)d.Tp * d.hsp;
+    float *ds = opad + (size_t)d.Tp * d.hsp; /* dS [T, Tp] */
+    size_t ldk, ldqb, ldob;
+    att_pack_transposed(vt, v, ldq, d);
+    const float *kb = att_columns(kpad, k, ldq, d, &ldk);
+    const float *qb = att_columns(qpad, q, ldq, d, &ldqb);
+    const float *ob = att_columns(opad, dO, ldo, d, &ldob);
+    float tile[ATT_TR][ATT_TW];
+    const float *rows[ATT_TR];
+    for (int i0 = 0; i0 < d.T; i0 += ATT_TR) {
+        int nrows = d.T - i0 < ATT_TR ? d.T - i0 : ATT_TR, keys = i0 + nrows;
+        int kc = round_up(keys, ATT_TW);
+        float *dsb = ds + (size_t)i0 * d.Tp;
+        /* dP = dO V^T, then dS = P (dP - <P, dP>) scale, row by row */
+        att_rows(rows, dO, ldo, i0, d.T);
+        for (int j0 = 0; j0 < kc; j0 += ATT_TW) {
+            att_tile(tile, rows, 1, vt + j0, d.Tp, d.hs);
+            att_tile_store(dsb + j0, d.Tp, tile, nrows, ATT_TW, 1.0f);
+        }
+        for (int r = 0; r < nrows; r++) {
+            int i = i0 + r;
+            const float *pi = p + (size_t)i * d.T;
+            float *di = dsb + (size_t)r * d.Tp;
+            float dot = row_dot(pi, di, i + 1);
+            for (int j = 0; j <= i; j++) di[j] = pi[j] * (di[j] - dot) * scale;
+            for (int j = i + 1; j < kc; j++) di[j] = 0.0f;
+        }
+        /* dQ rows = dS rows K */
+        att_rows(rows, dsb, d.Tp, 0, nrows);
+        att_rows_times(dq + (size_t)i0 * ldq, ldq, nrows, rows, kb, ldk, keys, d);
+    }
+    /* dV = P^T dO and dK = dS^T Q, a key block at a time */
+    for (int j0 = 0; j0 < d.T; j0 += ATT_TR) {
+        att_cols_times(dv + (size_t)j0 * ldq, ldq, p, (size_t)d.T, j0, ob, ldob, d);
+        att_cols_times(dk + (size_t)j0 * ldq, ldq, ds, (size_t)d.Tp, j0, qb, ldqb, d);
+    }
+}
+
+VECTOR_FMA_CLONES void attention_backward(float *dqkv, float *scratch, const float *dout,
+                                          const float *qkv, const float *att, int B, int T,
+                                          int C, int NH) {
+    AttDims d = att_dims(T, C, NH);
+    float scale = 1.0f / sqrtf((float)d.hs);
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++) {
-            size_t base = (size_t)b * T * 3 * C + h * hs;
-            const float *q = qkv + base, *k = q + C, *v = q + 2 * C;
-            float *dq = dqkv + base, *dk = dq + C, *dv = dq + 2 * C;
-            const float *p = att + ((size_t)b * NH + h) * T * T;
-            const float *dO = dout + (size_t)b * T * C + h * hs;
-            for (int i0 = last; i0 >= 0; i0 -= ATT_ROWS) {
-                int rows = T - i0 < ATT_ROWS ? T - i0 : ATT_ROWS, keys = i0 + rows;
-                float kv_beta = i0 == last ? 0.0f : 1.0f;
-                const float *pb = p + (size_t)i0 * T, *dOb = dO + (size_t)i0 * C;
-                float *ds = scratch + (size_t)i0 * T;
-                /* dP = dO V^T ; dV (+)= P^T dO */
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, keys, hs, 1.0f,
-                            dOb, C, v, 3 * C, 0.0f, ds, T);
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, keys, hs, rows, 1.0f,
-                            pb, T, dOb, C, kv_beta, dv, 3 * C);
-                /* softmax backward, row by row: dS = P (dP - <P, dP>) scale */
-                for (int i = i0; i < keys; i++) {
-                    const float *pi = p + (size_t)i * T;
-                    float *di = scratch + (size_t)i * T;
-                    float dot = row_dot(pi, di, i + 1);
-                    for (int j = 0; j <= i; j++) di[j] = pi[j] * (di[j] - dot) * scale;
-                    for (int j = i + 1; j < keys; j++) di[j] = 0.0f;
-                }
-                /* dQ = dS K ; dK (+)= dS^T Q */
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hs, keys, 1.0f,
-                            ds, T, k, 3 * C, 0.0f, dq + (size_t)i0 * 3 * C, 3 * C);
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, keys, hs, rows, 1.0f,
-                            ds, T, q + (size_t)i0 * 3 * C, 3 * C, kv_beta, dk, 3 * C);
-            }
+            size_t base = (size_t)b * T * 3 * C + h * d.hs;
+            const float *q = qkv + base;
+            float *dq = dqkv + base;
+            attention_head_backward(dq, dq + C, dq + 2 * C,
+                                    dout + (size_t)b * T * C + h * d.hs, (size_t)C,
+                                    att + ((size_t)b * NH + h) * T * T, q, q + C, q + 2 * C,
+                                    3 * (size_t)C, scratch, d, scale);
         }
 }
 
@@ -370,8 +535,7 @@ VECTOR_CLONES void softmax_crossentropy_forward(float *probs, float *losses,
         /* loss = log(sum exp(z - max)) - (z_target - max): exact even where
          * the target's probability underflows. */
         float zt = (losses && targets) ? row[targets[i]] - mx : 0.0f;
-        for (int j = 0; j < V; j++) row[j] = exp_approx(row[j] - mx);
-        float sum = row_sum(row, V);
+        float sum = exp_shift_sum(row, mx, V);
         float inv = 1.0f / sum;
         for (int j = 0; j < V; j++) row[j] *= inv;
         if (losses && targets) losses[i] = logf(sum) - zt;
