@@ -306,12 +306,15 @@ size_t attention_scratch_floats(int T, int C, int NH) {
 
 /* xt[c][j] = x[j][c]: [T, hs] (stride ld) to [hs, Tp], zero past T */
 static void att_pack_transposed(float *xt, const float *x, size_t ld, AttDims d) {
-    for (int j = 0; j < d.T; j++) {
-        const float *xj = x + (size_t)j * ld;
-        for (int c = 0; c < d.hs; c++) xt[(size_t)c * d.Tp + j] = xj[c];
-    }
-    for (int c = 0; c < d.hs; c++)
+    enum { J = 8 };
+    int j0 = 0;
+    for (; j0 + J <= d.T; j0 += J)
+        for (int c = 0; c < d.hs; c++)
+            for (int j = 0; j < J; j++) xt[(size_t)c * d.Tp + j0 + j] = x[(size_t)(j0 + j) * ld + c];
+    for (int c = 0; c < d.hs; c++) {
+        for (int j = j0; j < d.T; j++) xt[(size_t)c * d.Tp + j] = x[(size_t)j * ld + c];
         for (int j = d.T; j < d.Tp; j++) xt[(size_t)c * d.Tp + j] = 0.0f;
+    }
 }
 
 /* A [T, hs] view as the b operand of a tile: itself when hs is a whole
@@ -357,13 +360,39 @@ ATT_INLINE void att_cols_times(float *out, size_t ldo, const float *x, size_t ld
     }
 }
 
-/* Row i of a causal score matrix s: softmax over j <= i, zero above up to
- * n, written to s and to p (which is zero above up to T) */
+/* Row i of a causal score matrix s (n columns, a whole number of tiles):
+ * softmax over j <= i, zero above, written to s and to p (T columns).
+ * The row goes in whole lanes up to m, the first multiple of LANES past i,
+ * with the scores above the diagonal set to -inf for the maximum and
+ * masked to zero after the exponential: no scalar tails, which cost as
+ * much as the rest on rows this short. The lanes are combined as in
+ * row_max and row_sum. */
 static inline void causal_softmax_row(float *s, float *p, int i, int n, int T) {
-    float inv = 1.0f / exp_shift_sum(s, row_max(s, i + 1), i + 1);
-    for (int j = 0; j <= i; j++) p[j] = s[j] = s[j] * inv;
-    for (int j = i + 1; j < n; j++) s[j] = 0.0f;
-    for (int j = i + 1; j < T; j++) p[j] = 0.0f;
+    int m = round_up(i + 1, LANES);
+    for (int j = i + 1; j < m; j++) s[j] = -INFINITY;
+    float mx = row_max(s, m), acc[LANES] = {0};
+    for (int j0 = 0; j0 < m; j0 += LANES)
+        for (int k = 0; k < LANES; k++) {
+            float e = exp_approx(s[j0 + k] - mx);
+            s[j0 + k] = e = j0 + k <= i ? e : 0.0f;
+            acc[k] += e;
+        }
+    float inv = 1.0f / lanes_sum(acc);
+    int w = m < T ? m : T;
+    for (int j = 0; j < w; j++) p[j] = s[j] = s[j] * inv;
+    for (int j = m; j < n; j++) s[j] = 0.0f;
+    for (int j = w; j < T; j++) p[j] = 0.0f;
+}
+
+/* Row i of dS from dP (in place, n columns) and P (T columns, zero above
+ * the diagonal): dS = P (dP - <P, dP>) scale, zero above the diagonal.
+ * The same whole lanes as the softmax: P's zeros do the masking. */
+static inline void causal_softmax_backward_row(float *ds, const float *p, int i, int n, int T,
+                                               float scale) {
+    int m = round_up(i + 1, LANES), w = m < T ? m : T;
+    float dot = row_dot(p, ds, w);
+    for (int j = 0; j < w; j++) ds[j] = p[j] * (ds[j] - dot) * scale;
+    for (int j = w; j < n; j++) ds[j] = 0.0f;
 }
 
 /* One (sequence, head): q, k, v, o are [T, hs] views (strides ldq, ldo). */
@@ -426,20 +455,15 @@ ATT_INLINE void attention_head_backward(float *dq, float *dk, float *dv, const f
         int nrows = d.T - i0 < ATT_TR ? d.T - i0 : ATT_TR, keys = i0 + nrows;
         int kc = round_up(keys, ATT_TW);
         float *dsb = ds + (size_t)i0 * d.Tp;
-        /* dP = dO V^T, then dS = P (dP - <P, dP>) scale, row by row */
+        /* dP = dO V^T, then dS row by row */
         att_rows(rows, dO, ldo, i0, d.T);
         for (int j0 = 0; j0 < kc; j0 += ATT_TW) {
             att_tile(tile, rows, 1, vt + j0, d.Tp, d.hs);
             att_tile_store(dsb + j0, d.Tp, tile, nrows, ATT_TW, 1.0f);
         }
-        for (int r = 0; r < nrows; r++) {
-            int i = i0 + r;
-            const float *pi = p + (size_t)i * d.T;
-            float *di = dsb + (size_t)r * d.Tp;
-            float dot = row_dot(pi, di, i + 1);
-            for (int j = 0; j <= i; j++) di[j] = pi[j] * (di[j] - dot) * scale;
-            for (int j = i + 1; j < kc; j++) di[j] = 0.0f;
-        }
+        for (int r = 0; r < nrows; r++)
+            causal_softmax_backward_row(dsb + (size_t)r * d.Tp, p + (size_t)(i0 + r) * d.T,
+                                        i0 + r, kc, d.T, scale);
         /* dQ rows = dS rows K */
         att_rows(rows, dsb, d.Tp, 0, nrows);
         att_rows_times(dq + (size_t)i0 * ldq, ldq, nrows, rows, kb, ldk, keys, d);
