@@ -404,25 +404,23 @@ static float *bt(const ParamLayout *pl, const float *buf, int l, int which) {
 }
 
 static void block_forward(const ParamLayout *pl, const float *p, int l,
-                          BlockActs *k, const float *x, float *scratch,
-                          float *att_scratch, int B, int T) {
+                          BlockActs *k, const float *x, float *att_scratch, int B,
+                          int T) {
     int C = pl->cfg.n_embd, NH = pl->cfg.n_head, N = B * T;
     layernorm_forward(k->ln1, k->ln1_mean, k->ln1_rstd, x,
                       bt(pl, p, l, BT_LN1_W), bt(pl, p, l, BT_LN1_B), N, C);
     matmul_forward(k->qkv, k->ln1, bt(pl, p, l, BT_ATTN_W),
                    bt(pl, p, l, BT_ATTN_B), N, C, 3 * C);
     attention_forward(k->atty, k->att, att_scratch, k->qkv, B, T, C, NH);
-    matmul_forward(scratch, k->atty, bt(pl, p, l, BT_ATTNPROJ_W),
-                   bt(pl, p, l, BT_ATTNPROJ_B), N, C, C);
-    residual_forward(k->res2, x, scratch, N * C);
+    matmul_forward_residual(k->res2, k->atty, bt(pl, p, l, BT_ATTNPROJ_W),
+                            bt(pl, p, l, BT_ATTNPROJ_B), x, N, C, C);
     layernorm_forward(k->ln2, k->ln2_mean, k->ln2_rstd, k->res2,
                       bt(pl, p, l, BT_LN2_W), bt(pl, p, l, BT_LN2_B), N, C);
     matmul_forward(k->fch, k->ln2, bt(pl, p, l, BT_FC_W),
                    bt(pl, p, l, BT_FC_B), N, C, 4 * C);
     gelu_forward(k->fch_gelu, k->fch, N * 4 * C);
-    matmul_forward(scratch, k->fch_gelu, bt(pl, p, l, BT_FCPROJ_W),
-                   bt(pl, p, l, BT_FCPROJ_B), N, 4 * C, C);
-    residual_forward(k->out, k->res2, scratch, N * C);
+    matmul_forward_residual(k->out, k->fch_gelu, bt(pl, p, l, BT_FCPROJ_W),
+                            bt(pl, p, l, BT_FCPROJ_B), k->res2, N, 4 * C, C);
 }
 
 const float *module_forward(const ParamLayout *pl, const float *params,
@@ -454,7 +452,7 @@ const float *module_forward(const ParamLayout *pl, const float *params,
     const float *x = a->input;
     for (int l = m->block_lo; l < m->block_hi; l++) {
         BlockActs *k = &a->blocks[l - m->block_lo];
-        block_forward(pl, params, l, k, x, a->d_c, a->att_scratch, B, T);
+        block_forward(pl, params, l, k, x, a->att_scratch, B, T);
         x = k->out;
     }
     if (!m->has_head) return x;
@@ -492,10 +490,9 @@ static void block_backward(const ParamLayout *pl, const float *p, float *g,
     matmul_backward_input(a->d_4c, dresid, bt(pl, p, l, BT_FCPROJ_W), N, 4 * C, C, 0.0f);
     matmul_backward_weight(bt(pl, g, l, BT_FCPROJ_W), bt(pl, g, l, BT_FCPROJ_B), dresid,
                            k->fch_gelu, N, 4 * C, C);
-    gelu_backward(a->d_4c, k->fch, k->fch_gelu, a->d_4c, N * 4 * C);
+    gelu_backward(a->d_4c, bt(pl, g, l, BT_FC_B), k->fch, k->fch_gelu, a->d_4c, N, 4 * C);
     matmul_backward_input(a->d_c, a->d_4c, bt(pl, p, l, BT_FC_W), N, C, 4 * C, 0.0f);
-    matmul_backward_weight(bt(pl, g, l, BT_FC_W), bt(pl, g, l, BT_FC_B), a->d_4c, k->ln2,
-                           N, C, 4 * C);
+    matmul_backward_weight(bt(pl, g, l, BT_FC_W), NULL, a->d_4c, k->ln2, N, C, 4 * C);
     layernorm_backward(dresid, bt(pl, g, l, BT_LN2_W), bt(pl, g, l, BT_LN2_B),
                        a->d_c, k->res2, bt(pl, p, l, BT_LN2_W), k->ln2_mean,
                        k->ln2_rstd, N, C);

@@ -59,6 +59,11 @@ void layernorm_backward(float *dx, float *dw, float *db, const float *dy,
  * input-major, as GPT-2's Conv1D. */
 void matmul_forward(float *y, const float *x, const float *W,
                     const float *bias, int N, int IC, int OC);
+/* y = resid + bias + x W: a projection and the residual connection after
+ * it, one pass over y fewer than matmul_forward then a sum. bias may be
+ * NULL; y may not alias resid or x. */
+void matmul_forward_residual(float *y, const float *x, const float *W, const float *bias,
+                             const float *resid, int N, int IC, int OC);
 /* dx += dy W^T, dW += x^T dy, dbias += colsum(dy). dx, dbias may be NULL. */
 void matmul_backward(float *dx, float *dW, float *dbias, const float *dy,
                      const float *x, const float *W, int N, int IC, int OC);
@@ -85,16 +90,14 @@ void attention_backward(float *dqkv, float *scratch, const float *dout,
 
 /* GELU, tanh approximation. */
 void gelu_forward(float *y, const float *x, int n);
-/* dx = GELU'(x) * dy, given y = GELU(x) from the forward (which spares
- * the backward its exponentials). An exception to the accumulate rule: it
- * OVERWRITES dx, and dx may be dy (in place), so the MLP's backward needs
- * no extra buffer or zeroing. */
-void gelu_backward(float *dx, const float *x, const float *y, const float *dy, int n);
-
-/* y = a + b */
-void residual_forward(float *y, const float *a, const float *b, int n);
-/* da += dy, db += dy */
-void residual_backward(float *da, float *db, const float *dy, int n);
+/* dx = GELU'(x) * dy over [N, C], given y = GELU(x) from the forward
+ * (which spares the backward its exponentials), and dbias += colsum(dx)
+ * when dbias is not NULL: the gradient of the bias the GELU's input
+ * carries, in the same pass. An exception to the accumulate rule for dx:
+ * it is OVERWRITTEN, and dx may be dy (in place), so the MLP's backward
+ * needs no extra buffer or zeroing. */
+void gelu_backward(float *dx, float *dbias, const float *x, const float *y, const float *dy,
+                   int N, int C);
 
 /* Tied output projection: logits[N,V] = x[N,C] wte[V,C]^T. */
 void logits_forward(float *logits, const float *x, const float *wte, int N,

@@ -193,15 +193,27 @@ VECTOR_CLONES void layernorm_backward(float *dx, float *dw, float *db, const flo
     }
 }
 
-/* With a bias, y starts as the bias in every row and the product adds to
- * it (beta 1): one pass over y instead of BLAS zeroing it for beta 0 and a
- * second pass adding the bias. */
-VECTOR_CLONES void matmul_forward(float *y, const float *x, const float *W,
-                                  const float *bias, int N, int IC, int OC) {
-    if (bias)
-        for (int i = 0; i < N; i++) memcpy(y + (size_t)i * OC, bias, (size_t)OC * sizeof(float));
+/* y starts as the bias (and the residual) in every row and the product
+ * adds to it (beta 1): one pass over y instead of BLAS zeroing it for
+ * beta 0 and further passes adding the bias and the residual. */
+VECTOR_CLONES void matmul_forward_residual(float *y, const float *x, const float *W,
+                                           const float *bias, const float *resid, int N,
+                                           int IC, int OC) {
+    for (int i = 0; i < N && (bias || resid); i++) {
+        float *yi = y + (size_t)i * OC;
+        const float *ri = resid ? resid + (size_t)i * OC : NULL;
+        if (bias && ri)
+            for (int o = 0; o < OC; o++) yi[o] = ri[o] + bias[o];
+        else
+            memcpy(yi, bias ? bias : ri, (size_t)OC * sizeof(float));
+    }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, OC, IC, 1.0f, x,
-                IC, W, OC, bias ? 1.0f : 0.0f, y, OC);
+                IC, W, OC, bias || resid ? 1.0f : 0.0f, y, OC);
+}
+
+void matmul_forward(float *y, const float *x, const float *W, const float *bias, int N,
+                    int IC, int OC) {
+    matmul_forward_residual(y, x, W, bias, NULL, N, IC, OC);
 }
 
 void matmul_backward_input(float *dx, const float *dy, const float *W, int N,
@@ -512,28 +524,23 @@ VECTOR_CLONES void gelu_forward(float *restrict y, const float *restrict x, int 
 /* d/du [u s(u)] = s + u s (1 - s) dz2/du, dz2/du = 2K (1 + 3 0.044715 u^2).
  * s is recovered from the forward as y / u (exact to a rounding or two;
  * s(0) = 1/2), so the backward needs no exponential. */
-VECTOR_CLONES void gelu_backward(float *dx, const float *restrict x, const float *restrict y,
-                   const float *dy, int n) {
-    /* dx may be dy: element i is read before it is written, so the loop is
-     * safe to vectorise in place (without this, the aliasing check sends
-     * in-place calls to the scalar loop) */
+VECTOR_CLONES void gelu_backward(float *dx, float *dbias, const float *restrict x,
+                                 const float *restrict y, const float *dy, int N, int C) {
+    for (int i = 0; i < N; i++) {
+        size_t r = (size_t)i * C;
+        float *dxi = dx + r;
+        /* dx may be dy: element c is read before it is written, so the
+         * loop is safe to vectorise in place (without this, the aliasing
+         * check sends in-place calls to the scalar loop) */
 #pragma GCC ivdep
-    for (int i = 0; i < n; i++) {
-        float u = x[i];
-        float s = u != 0.0f ? y[i] / u : 0.5f;
-        float d = s + u * s * (1.0f - s) * 2.0f * GELU_K * (1.0f + 3.0f * 0.044715f * u * u);
-        dx[i] = d * dy[i];
-    }
-}
-
-VECTOR_CLONES void residual_forward(float *y, const float *a, const float *b, int n) {
-    for (int i = 0; i < n; i++) y[i] = a[i] + b[i];
-}
-
-VECTOR_CLONES void residual_backward(float *da, float *db, const float *dy, int n) {
-    for (int i = 0; i < n; i++) {
-        da[i] += dy[i];
-        db[i] += dy[i];
+        for (int c = 0; c < C; c++) {
+            float u = x[r + c];
+            float s = u != 0.0f ? y[r + c] / u : 0.5f;
+            float d = s + u * s * (1.0f - s) * 2.0f * GELU_K * (1.0f + 3.0f * 0.044715f * u * u);
+            dxi[c] = d * dy[r + c];
+        }
+        if (dbias)
+            for (int c = 0; c < C; c++) dbias[c] += dxi[c];
     }
 }
 

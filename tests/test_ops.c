@@ -482,7 +482,7 @@ static double gelu_objective(void *vc) {
 static void test_gelu(const Shape *s) {
     Rng r;
     rng_seed(&r, s->seed * 1000 + 6);
-    int n = s->B * s->T * s->C;
+    int N = s->B * s->T, C = s->C, n = N * C;
     Pair x = pair_random(&r, n, 2.0); /* covers the tails and the bend */
     Pair dy = pair_random(&r, n, 1.0);
 
@@ -493,66 +493,62 @@ static void test_gelu(const Shape *s) {
     check("gelu fwd", s, ref_rel_err(y, yr, n), FWD_TOL);
 
     float *dx = fzeros(n);
-    gelu_backward(dx, x.f, y, dy.f, n);
+    gelu_backward(dx, NULL, x.f, y, dy.f, N, C);
     GeluCtx ctx = {n, x.d, dy.d};
     check_grad("gelu dx", s, gelu_objective, &ctx, x.d, dx, n);
 
     /* gelu_backward overwrites (ops.h): a second call gives the same bits,
      * and so does running it in place on a copy of dy. */
     float *g1 = snapshot(dx, n);
-    gelu_backward(dx, x.f, y, dy.f, n);
+    gelu_backward(dx, NULL, x.f, y, dy.f, N, C);
     check("gelu overwrites dx", s, memcmp(g1, dx, (size_t)n * sizeof(float)) != 0, 0.5);
     float *inplace = snapshot(dy.f, n);
-    gelu_backward(inplace, x.f, y, inplace, n);
+    gelu_backward(inplace, NULL, x.f, y, inplace, N, C);
     check("gelu in place", s, memcmp(g1, inplace, (size_t)n * sizeof(float)) != 0, 0.5);
 
+    /* dbias accumulates the column sums of dx (against a float64 sum of
+     * the dx just checked), and a second call adds them again */
+    float *dbias = fzeros(C);
+    double *want = dzeros(C);
+    for (int i = 0; i < N; i++)
+        for (int c = 0; c < C; c++) want[c] += g1[(size_t)i * C + c];
+    gelu_backward(dx, dbias, x.f, y, dy.f, N, C);
+    check("gelu dbias", s, ref_rel_err(dbias, want, C), FWD_TOL);
+    check("gelu dx with dbias", s, memcmp(g1, dx, (size_t)n * sizeof(float)) != 0, 0.5);
+    float *b1 = snapshot(dbias, C);
+    gelu_backward(dx, dbias, x.f, y, dy.f, N, C);
+    check_doubled("gelu accumulate dbias", s, b1, dbias, C);
+
+    free(b1); free(want); free(dbias);
     free(inplace); free(g1); free(dx); free(y); free(yr);
     pair_free(&x); pair_free(&dy);
 }
 
-/* ---- residual ---- */
+/* ---- projection + residual ---- */
 
-typedef struct {
-    int n;
-    double *a, *b;
-    const double *dy;
-} ResCtx;
-
-static double res_objective(void *vc) {
-    ResCtx *c = vc;
-    double *y = dzeros(c->n);
-    ref_residual_forward(y, c->a, c->b, c->n);
-    double L = dot(y, c->dy, c->n);
-    free(y);
-    return L;
-}
-
-static void test_residual(const Shape *s) {
+/* matmul_forward_residual against the float64 product plus the residual,
+ * with and without a bias */
+static void test_matmul_residual(const Shape *s) {
     Rng r;
     rng_seed(&r, s->seed * 1000 + 7);
-    int n = s->B * s->T * s->C;
-    Pair a = pair_random(&r, n, 1.0), b = pair_random(&r, n, 1.0);
-    Pair dy = pair_random(&r, n, 1.0);
+    int N = s->B * s->T, IC = s->V, OC = s->C;
+    size_t n = (size_t)N * OC;
+    Pair x = pair_random(&r, (size_t)N * IC, 1.0);
+    Pair W = pair_random(&r, (size_t)IC * OC, 0.5);
+    Pair bias = pair_random(&r, OC, 1.0);
+    Pair resid = pair_random(&r, n, 1.0);
 
     float *y = fzeros(n);
     double *yr = dzeros(n);
-    residual_forward(y, a.f, b.f, n);
-    ref_residual_forward(yr, a.d, b.d, n);
-    check("residual fwd", s, ref_rel_err(y, yr, n), FWD_TOL);
-
-    float *da = fzeros(n), *db = fzeros(n);
-    residual_backward(da, db, dy.f, n);
-    ResCtx ctx = {n, a.d, b.d, dy.d};
-    check_grad("residual da", s, res_objective, &ctx, a.d, da, n);
-    check_grad("residual db", s, res_objective, &ctx, b.d, db, n);
-
-    float *g1 = snapshot(da, n), *g2 = snapshot(db, n);
-    residual_backward(da, db, dy.f, n);
-    check_doubled("residual accumulate da", s, g1, da, n);
-    check_doubled("residual accumulate db", s, g2, db, n);
-
-    free(g1); free(g2); free(da); free(db); free(y); free(yr);
-    pair_free(&a); pair_free(&b); pair_free(&dy);
+    for (int with_bias = 0; with_bias < 2; with_bias++) {
+        matmul_forward_residual(y, x.f, W.f, with_bias ? bias.f : NULL, resid.f, N, IC, OC);
+        ref_matmul_forward(yr, x.d, W.d, with_bias ? bias.d : NULL, N, IC, OC);
+        ref_residual_forward(yr, resid.d, yr, (int)n);
+        check(with_bias ? "matmul + residual fwd" : "matmul + residual fwd (no bias)", s,
+              ref_rel_err(y, yr, n), FWD_TOL);
+    }
+    free(y); free(yr);
+    pair_free(&x); pair_free(&W); pair_free(&bias); pair_free(&resid);
 }
 
 /* ---- logits ---- */
@@ -690,7 +686,7 @@ int main(void) {
         test_matmul_nobias(s);
         test_attention(s, 1);
         test_gelu(s);
-        test_residual(s);
+        test_matmul_residual(s);
         test_logits(s);
         test_crossentropy(s);
     }
