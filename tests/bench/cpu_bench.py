@@ -7,6 +7,9 @@ PyTorch, one after the other, one thread each, and prints a table.
 Run from anywhere with the system Python (it needs torch):
 
   /usr/bin/python3 tests/bench/cpu_bench.py [--quick] [--seconds S] [--repeat R]
+
+The limit and our runs use the same OpenBLAS kernels, whichever it picks
+or OPENBLAS_CORETYPE names (the table says which).
 """
 import argparse
 import json
@@ -64,7 +67,8 @@ def sgemm_limit(tmp, reps):
          exe] + pc.stdout.split())
     out = run([exe, str(reps)])
     sys.stderr.write(out)
-    return float(out.split("limit_gflops")[1].split()[0]) * 1e9
+    core = out.split("openblas_core")[1].split()[0]
+    return float(out.split("limit_gflops")[1].split()[0]) * 1e9, core
 
 
 def ours(exe, tmp, data, L, C, H, steps):
@@ -103,17 +107,20 @@ def main():
                     help="smoke run: ~2 s per run")
     ap.add_argument("--seconds", type=float, default=15.0,
                     help="target timed seconds per run (default 15)")
-    ap.add_argument("--repeat", type=int, default=1,
-                    help="run each side R times, alternating; keep the best")
+    ap.add_argument("--repeat", type=int, default=None,
+                    help="run each side R times, alternating; keep the best "
+                    "(default 3, as runs on a shared VM vary by several %%; "
+                    "1 with --quick)")
     ap.add_argument("--exe", default=os.path.join(ROOT, "build", "src",
                                                   "ouroboros"))
     a = ap.parse_args()
     secs = 2.0 if a.quick else a.seconds
+    repeat = a.repeat if a.repeat is not None else (1 if a.quick else 3)
 
     load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="ouro_bench_") as tmp:
         reps = 3 if a.quick else 10
-        limit = sgemm_limit(tmp, reps)
+        limit, core = sgemm_limit(tmp, reps)
         data = os.path.join(tmp, "random.bytes")
         with open(data, "wb") as f:
             f.write(random.Random(1).randbytes(2 << 20))
@@ -129,27 +136,27 @@ def main():
             guess = 0.45 * limit / fpt
             steps = max(5, int(secs * guess / (BATCH * BLOCK)))
             o = t = None
-            for _ in range(max(1, a.repeat)):
+            for _ in range(max(1, repeat)):
                 if have_ours:
                     o = max(o or 0, ours(a.exe, tmp, data, L, C, H,
                                          steps + WARMUP_STEPS))
                 t = max(t or 0, torch_side(L, C, H, steps))
             rows.append((f"{L}L x {C}C x {H}H", fpt, o, t))
         # the best of a measurement before and after the runs
-        limit = max(limit, sgemm_limit(tmp, reps))
+        limit = max(limit, sgemm_limit(tmp, reps)[0])
 
     def f(x, fmt):
         return format(x, fmt) if x is not None else "-"
 
     load1 = os.getloadavg()[0]
     sys.stderr.flush()
-    print(f"\nsgemm limit (1 thread): {limit / 1e9:.1f} GFLOP/s; "
-          f"T={BLOCK} B={BATCH} V={VOCAB}; {FLOPS_NOTE}")
+    print(f"\nsgemm limit (1 thread, OpenBLAS {core} kernels): {limit / 1e9:.1f} "
+          f"GFLOP/s; T={BLOCK} B={BATCH} V={VOCAB}; {FLOPS_NOTE}")
     print(f"load average (1 min): {load0:.2f} before, {load1:.2f} after, "
           f"on {os.cpu_count()} CPUs")
     if max(load0, load1 - 1.0) > 0.5:
         print("warning: the machine was busy; the limit and both rates are "
-              "understated and noisy (try --repeat 3 on a quiet machine)")
+              "understated and noisy (run it again on a quiet machine)")
     print(f"{'config':<16} {'MFLOP/tok':>9} {'ours tok/s':>10} "
           f"{'torch tok/s':>11} {'ours/torch':>10} {'ours %lim':>9} "
           f"{'torch %lim':>10}")

@@ -13,6 +13,7 @@
 #include <time.h>
 
 void openblas_set_num_threads(int num_threads);
+char *openblas_get_corename(void);
 
 static double now_s(void) {
     struct timespec ts;
@@ -72,6 +73,8 @@ int main(int argc, char **argv) {
         printf("sgemm M=%d N=%d K=%d: %.2f GFLOP/s\n", M, N, K, g);
         if (g > best) best = g;
     }
+    /* the kernels OpenBLAS runs: its own pick, or OPENBLAS_CORETYPE's */
+    printf("openblas_core %s\n", openblas_get_corename());
     printf("limit_gflops %.3f\n", best);
     return 0;
 }
