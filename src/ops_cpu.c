@@ -372,6 +372,21 @@ ATT_INLINE void att_cols_times(float *out, size_t ldo, const float *x, size_t ld
     }
 }
 
+/* Rows [i0, i0 + ATT_TR) of x (stride ldx) times xt ([hs, Tp], packed
+ * transposed) over the first kc columns, scaled, into out [ATT_TR, Tp]:
+ * a query block's scores (Q K^T) or its dP (dO V^T). Rows past T repeat
+ * the last one; out needs ATT_TR rows all the same. */
+ATT_INLINE void att_block_scores(float *out, const float *x, size_t ldx, int i0,
+                                 const float *xt, int kc, AttDims d, float scale) {
+    float tile[ATT_TR][ATT_TW];
+    const float *rows[ATT_TR];
+    att_rows(rows, x, ldx, i0, d.T);
+    for (int j0 = 0; j0 < kc; j0 += ATT_TW) {
+        att_tile(tile, rows, 1, xt + j0, d.Tp, d.hs);
+        att_tile_store(out + j0, d.Tp, tile, ATT_TR, ATT_TW, scale);
+    }
+}
+
 /* Row i of a causal score matrix s (n columns, a whole number of tiles):
  * softmax over j <= i, zero above, written to s and to p (T columns).
  * The row goes in whole lanes up to m, the first multiple of LANES past i,
@@ -415,17 +430,12 @@ ATT_INLINE void attention_head_forward(float *o, size_t ldo, float *p, const flo
     size_t ldv;
     att_pack_transposed(kt, k, ldq, d);
     const float *vb = att_columns(vpad, v, ldq, d, &ldv);
-    float tile[ATT_TR][ATT_TW];
     const float *rows[ATT_TR];
     for (int i0 = 0; i0 < d.T; i0 += ATT_TR) {
         int nrows = d.T - i0 < ATT_TR ? d.T - i0 : ATT_TR, keys = i0 + nrows;
         int kc = round_up(keys, ATT_TW);
         /* S block into sb [ATT_TR, Tp], then P in place, copied to p */
-        att_rows(rows, q, ldq, i0, d.T);
-        for (int j0 = 0; j0 < kc; j0 += ATT_TW) {
-            att_tile(tile, rows, 1, kt + j0, d.Tp, d.hs);
-            att_tile_store(sb + j0, d.Tp, tile, ATT_TR, ATT_TW, scale);
-        }
+        att_block_scores(sb, q, ldq, i0, kt, kc, d, scale);
         for (int r = 0; r < nrows; r++)
             causal_softmax_row(sb + (size_t)r * d.Tp, p + (size_t)(i0 + r) * d.T, i0 + r, kc,
                                d.T);
@@ -455,24 +465,19 @@ ATT_INLINE void attention_head_backward(float *dq, float *dk, float *dv, const f
                                         float *scratch, AttDims d, float scale) {
     float *vt = scratch, *kpad = vt + (size_t)d.hs * d.Tp;
     float *qpad = kpad + (size_t)d.Tp * d.hsp, *opad = qpad + (size_t)d.Tp * d.hsp;
-    float *ds = opad + (size_t)d.Tp * d.hsp; /* dS [T, Tp] */
+    float *ds = opad + (size_t)d.Tp * d.hsp; /* dS [Tp, Tp] */
     size_t ldk, ldqb, ldob;
     att_pack_transposed(vt, v, ldq, d);
     const float *kb = att_columns(kpad, k, ldq, d, &ldk);
     const float *qb = att_columns(qpad, q, ldq, d, &ldqb);
     const float *ob = att_columns(opad, dO, ldo, d, &ldob);
-    float tile[ATT_TR][ATT_TW];
     const float *rows[ATT_TR];
     for (int i0 = 0; i0 < d.T; i0 += ATT_TR) {
         int nrows = d.T - i0 < ATT_TR ? d.T - i0 : ATT_TR, keys = i0 + nrows;
         int kc = round_up(keys, ATT_TW);
         float *dsb = ds + (size_t)i0 * d.Tp;
         /* dP = dO V^T, then dS row by row */
-        att_rows(rows, dO, ldo, i0, d.T);
-        for (int j0 = 0; j0 < kc; j0 += ATT_TW) {
-            att_tile(tile, rows, 1, vt + j0, d.Tp, d.hs);
-            att_tile_store(dsb + j0, d.Tp, tile, nrows, ATT_TW, 1.0f);
-        }
+        att_block_scores(dsb, dO, ldo, i0, vt, kc, d, 1.0f);
         for (int r = 0; r < nrows; r++)
             causal_softmax_backward_row(dsb + (size_t)r * d.Tp, p + (size_t)(i0 + r) * d.T,
                                         i0 + r, kc, d.T, scale);
