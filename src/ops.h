@@ -28,6 +28,7 @@
  * libm's fmaf, which rounds once like the instruction: the same bits. */
 #define VECTOR_FMA_CLONES                                                                  \
     __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define OURO_FMA_CLONES 1
 #else
 #define VECTOR_CLONES
 #define VECTOR_FMA_CLONES

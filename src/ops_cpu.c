@@ -251,7 +251,8 @@ void matmul_backward(float *dx, float *dW, float *dbias, const float *dy,
  * products (S = Q K^T against K packed transposed, O = P V) and the
  * column ones (dV = P^T dO, reading P's columns with astep T). Every
  * multiply-add is fused (fmaf): one rounding per term on every machine,
- * whether the clone has FMA instructions or libm's exact fmaf stands in.
+ * whether the clone has FMA instructions or libm's exact fmaf stands in
+ * (but see att_fma).
  *
  * Causality: queries go in blocks of ATT_TR rows, and a block's scores
  * cover the keys up to its last row, rounded up to ATT_TW; the few scores
@@ -265,6 +266,17 @@ enum { ATT_TR = 4, ATT_TW = 32 };
  * would be compiled once, without FMA, and call libm's fmaf per term. */
 #define ATT_INLINE static inline __attribute__((always_inline))
 
+/* fmaf is one instruction in the FMA clones and wherever the target has
+ * FMA (AArch64, -march=haswell and later). An x86 build without the clones
+ * (clang, say) would call libm for every term, 50 times slower: there a
+ * multiply and an add stand in, with other bits, as deterministic. */
+#if defined(OURO_FMA_CLONES) || defined(__FMA__) || defined(__ARM_FEATURE_FMA) || \
+    !(defined(__x86_64__) || defined(__i386__))
+#define att_fma(a, b, c) fmaf(a, b, c)
+#else
+#define att_fma(a, b, c) ((a) * (b) + (c))
+#endif
+
 static inline int round_up(int x, int m) { return (x + m - 1) / m * m; }
 
 ATT_INLINE void att_tile(float tile[ATT_TR][ATT_TW], const float *const a[ATT_TR],
@@ -275,7 +287,7 @@ ATT_INLINE void att_tile(float tile[ATT_TR][ATT_TW], const float *const a[ATT_TR
         const float *bd = b + (size_t)d * ldb;
         for (int r = 0; r < ATT_TR; r++) {
             float x = a[r][(size_t)d * astep];
-            for (int c = 0; c < ATT_TW; c++) tile[r][c] = fmaf(x, bd[c], tile[r][c]);
+            for (int c = 0; c < ATT_TW; c++) tile[r][c] = att_fma(x, bd[c], tile[r][c]);
         }
     }
 }
