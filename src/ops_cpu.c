@@ -258,8 +258,13 @@ void matmul_backward(float *dx, float *dW, float *dbias, const float *dy,
  * cover the keys up to its last row, rounded up to ATT_TW; the few scores
  * above the diagonal are computed and then zeroed by the softmax, so P
  * stays exactly causal. A key block's dK, dV sum only over the queries at
- * or after it. */
-enum { ATT_TR = 4, ATT_TW = 32 };
+ * or after it.
+ *
+ * 8 x 32: sixteen AVX-512 accumulators, enough to hide the FMA latency.
+ * Against 4 x 32, attention per layer at 4L x 128 went from 1.09 to 0.99
+ * ms forward and 1.46 to 1.14 ms backward with AVX-512, and was 9% faster
+ * with AVX2 too, though there the tile no longer fits in registers. */
+enum { ATT_TR = 8, ATT_TW = 32 };
 
 /* Everything that multiplies is inlined into the cloned entry points
  * (attention_forward, attention_backward): a function left out of line

@@ -53,7 +53,7 @@ static const Shape shapes[] = {
 
 /* Attention alone, at head sizes that fill whole register tiles (32 and
  * 64 columns: no padding copies, one and two column tiles), with T not a
- * multiple of the 4-row or 32-key tiles. Their finite differences cover
+ * multiple of the 8-row or 32-key tiles. Their finite differences cover
  * every 7th element of qkv (all would take minutes). */
 static const Shape attention_shapes[] = {
     {1, 70, 64, 2, 5, 6},
