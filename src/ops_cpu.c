@@ -83,11 +83,10 @@ void backend_thread_init(void) {
  * call it (libm's expf and tanhf are scalar calls; tanhf alone was a third
  * of a training step). x = n ln2 + r with |r| <= ln2/2, then a
  * degree-6 polynomial for exp(r), then 2^n through the exponent bits.
- * Relative error below 2e-7; x is clamped to [-87, 88], where float's
- * exponent ends (below, the result is ~1e-38 instead of 0: harmless for
- * softmax and GELU). */
-static inline float exp_approx(float x) {
-    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+ * Relative error below 2e-7 for x in [-87, 88], where float's exponent
+ * ends; exp_approx clamps x to that range first (below, the result is
+ * ~1e-38 instead of 0: harmless for softmax and GELU). */
+static inline float exp_in_range(float x) {
     const float log2e = 1.44269504088896341f;
     const float ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
     /* round to nearest by adding and subtracting 1.5 * 2^23: plain SSE2,
@@ -106,6 +105,10 @@ static inline float exp_approx(float x) {
     float scale;
     memcpy(&scale, &bits, sizeof scale);
     return p * scale;
+}
+
+static inline float exp_approx(float x) {
+    return exp_in_range(x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x));
 }
 
 /* x = exp(x - m) in place; returns the sum of the new x, added in the
@@ -539,7 +542,7 @@ VECTOR_CLONES void gelu_forward(float *restrict y, const float *restrict x, int 
         float u = x[i];
         float z2 = 2.0f * GELU_K * (u + 0.044715f * u * u * u);
         z2 = z2 > 30.0f ? 30.0f : (z2 < -30.0f ? -30.0f : z2);
-        y[i] = u / (1.0f + exp_approx(-z2));
+        y[i] = u / (1.0f + exp_in_range(-z2)); /* |z2| <= 30: no second clamp */
     }
 }
 
