@@ -61,8 +61,8 @@ void layernorm_backward(float *dx, float *dw, float *db, const float *dy,
 void matmul_forward(float *y, const float *x, const float *W,
                     const float *bias, int N, int IC, int OC);
 /* y = resid + bias + x W: a projection and the residual connection after
- * it, one pass over y fewer than matmul_forward then a sum. bias may be
- * NULL; y may not alias resid or x. */
+ * it, one pass over y fewer than matmul_forward then a sum. bias and resid
+ * may be NULL; y may not alias resid or x. */
 void matmul_forward_residual(float *y, const float *x, const float *W, const float *bias,
                              const float *resid, int N, int IC, int OC);
 /* dx += dy W^T, dW += x^T dy, dbias += colsum(dy). dx, dbias may be NULL. */

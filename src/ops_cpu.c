@@ -313,8 +313,9 @@ ATT_INLINE void att_tile_store(float *dst, size_t ld, float tile[ATT_TR][ATT_TW]
         for (int c = 0; c < cols && c < ATT_TW; c++) dst[(size_t)r * ld + c] = tile[r][c] * scale;
 }
 
-/* Row pointers of an ATT_TR block starting at row i0 of x (stride ld);
- * rows past n repeat row n - 1 (read, never stored) */
+/* Pointers to ATT_TR consecutive rows of x (stride ld), from row i0; rows
+ * past n repeat row n - 1 (read, never stored). With ld 1, the same for
+ * columns. */
 static inline void att_rows(const float *rows[ATT_TR], const float *x, size_t ld, int i0,
                             int n) {
     for (int r = 0; r < ATT_TR; r++) rows[r] = x + (size_t)(i0 + r < n ? i0 + r : n - 1) * ld;
@@ -382,9 +383,8 @@ ATT_INLINE void att_rows_times(float *out, size_t ldo, int rows, const float *co
 ATT_INLINE void att_cols_times(float *out, size_t ldo, const float *x, size_t ldx, int j0,
                                const float *b, size_t ldb, AttDims d) {
     float tile[ATT_TR][ATT_TW];
-    const float *ac[ATT_TR];
-    for (int r = 0; r < ATT_TR; r++)
-        ac[r] = x + (size_t)j0 * ldx + (j0 + r < d.T ? j0 + r : d.T - 1);
+    const float *ac[ATT_TR]; /* columns j0.. of x from row j0 on */
+    att_rows(ac, x + (size_t)j0 * ldx, 1, j0, d.T);
     int rows = d.T - j0 < ATT_TR ? d.T - j0 : ATT_TR;
     for (int c0 = 0; c0 < d.hsp; c0 += ATT_TW) {
         att_tile(tile, ac, ldx, b + (size_t)j0 * ldb + c0, ldb, d.T - j0);
