@@ -81,18 +81,17 @@
 #include <cuda_runtime.h>
 #include <mma.h>
 
+#include "attention_grid.cuh"
 #include "attention_tc.h"
 #include "cuda_check.h"
 #include "dtype.cuh"
 
-extern "C" void die(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
-
 namespace {
 
 using namespace nvcuda;
+using namespace attention_grid;
 typedef __nv_bfloat16 bf16;
 
-constexpr int TILE = 64;                 /* rows per block, and per tile walked */
 constexpr int WARPS = 4;
 constexpr int WROWS = TILE / WARPS;      /* rows per warp: one fragment row */
 constexpr int THREADS = WARPS * 32;
@@ -101,7 +100,6 @@ constexpr int LDP = TILE + 8;            /* bf16 P / dS buffer row stride */
 constexpr int FRAG = 16;
 constexpr int TILE_FRAGS = TILE / FRAG;  /* fragments across a 64-wide tile */
 constexpr unsigned FULL = 0xffffffffu;
-constexpr int MAX_GRID_Y = 65535;
 
 static_assert(WROWS == FRAG, "each warp owns exactly one row of fragments");
 static_assert(WROWS * 2 == 32, "a lane pair owns each of the warp's rows");
@@ -112,11 +110,7 @@ typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> FragB;
 typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> FragBt;
 typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> FragC;
 
-#define TC_HEAD_SIZES(X) X(16) X(32) X(48) X(64) X(80) X(96) X(112) X(128)
-
 /* ---- shared memory layout ---- */
-
-__host__ __device__ constexpr size_t round128(size_t bytes) { return (bytes + 127) / 128 * 128; }
 
 template <int HS> __host__ __device__ constexpr int ld_head() { return HS + 8; }
 template <int HS> __host__ __device__ constexpr size_t head_tile_bytes() { return round128((size_t)TILE * ld_head<HS>() * 2); }
@@ -665,32 +659,6 @@ __global__ void __launch_bounds__(THREADS)
 }
 
 /* ---- host side ---- */
-
-struct TcShape {
-    int T, C, NH;
-    dim3 grid;   /* (B*NH, ceil(T/TILE)) */
-    float scale; /* 1/sqrt(HS) */
-};
-
-TcShape tc_shape(const char *who, int B, int T, int C, int NH)
-{
-    if (B < 1 || T < 1 || C < 1 || NH < 1 || C % NH != 0)
-        die("%s: B=%d T=%d C=%d NH=%d: sizes must be positive with C a multiple of NH", who,
-            B, T, C, NH);
-    const long long heads = (long long)B * NH;
-    const int tiles = (T + TILE - 1) / TILE;
-    if (heads > 0x7fffffffLL || tiles > MAX_GRID_Y)
-        die("%s: B*NH=%lld and %d tiles of %d tokens exceed the grid limits; use a smaller "
-            "batch or a shorter sequence",
-            who, heads, tiles, TILE);
-    TcShape a;
-    a.T = T;
-    a.C = C;
-    a.NH = NH;
-    a.grid = dim3((unsigned)heads, (unsigned)tiles);
-    a.scale = 1.0f / sqrtf((float)(C / NH));
-    return a;
-}
 
 template <int HS>
 void launch_tc_forward(void *out, float *lse, const void *qkv, const TcShape &a, cudaStream_t s)
