@@ -58,12 +58,17 @@
  * converted to fp32 on load; all arithmetic and lse/D in fp32.
  *
  * Tensor cores. bf16 runs with a head size that is a multiple of 16 up to
- * 128 (and 16-byte aligned arrays) go to the WMMA kernels of
- * attention_tc.cu instead, same algorithm and contract; the backward's D
- * still comes from the kernel here. OURO_ATTENTION_SIMT=1 in the
- * environment keeps them on the kernels of this file (to compare the two).
- * fp32 always runs here: the tensor cores take no fp32 inputs, and fp32 is
- * the exact check against the CPU.
+ * 128 (and 16-byte aligned arrays) go to a tensor-core path instead, same
+ * algorithm and contract; the backward's D still comes from the kernel
+ * here. There are two (attention_tc.h): the WMMA kernels of
+ * attention_tc.cu, the default, and the mma.sync kernels of
+ * attention_mma.cu, which keep the scores in registers. The environment
+ * variable OURO_ATTENTION=simt|wmma|mma picks the path of bf16 runs (simt:
+ * the kernels of this file), read once per process; a path that cannot
+ * take a call leaves it to the kernels here. Tests and benchmarks name the
+ * path of each call (k_attention_forward_path). fp32 always runs here: the
+ * tensor cores take no fp32 inputs, and fp32 is the exact check against
+ * the CPU.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -607,30 +612,38 @@ void forward_for_head_size(void *out, float *lse, const void *qkv, const Attenti
     }
 }
 
-/* True when OURO_ATTENTION_SIMT=1 asks to keep bf16 off the tensor cores;
- * the environment is read once, on first use. */
-bool simt_forced()
+/* The path OURO_ATTENTION names (default WMMA), read once, on first use.
+ * An unknown name is an error, so that a misspelt comparison cannot
+ * silently time the default twice. */
+KAttentionPath path_from_environment()
 {
-    static const bool forced = [] {
-        const char *v = getenv("OURO_ATTENTION_SIMT");
-        return v != NULL && strcmp(v, "1") == 0;
+    static const KAttentionPath chosen = [] {
+        const char *v = getenv("OURO_ATTENTION");
+        if (v == NULL || *v == '\0') return K_ATTENTION_WMMA;
+        for (int p = K_ATTENTION_SIMT; p <= K_ATTENTION_MMA; p++)
+            if (strcmp(v, k_attention_path_name((KAttentionPath)p)) == 0)
+                return (KAttentionPath)p;
+        die("OURO_ATTENTION=%s: unknown attention path (simt, wmma or mma)", v);
     }();
-    return forced;
+    return chosen;
 }
 
-/* Whether a run of dtype t and head size hs, on these arrays, takes the
- * tensor-core kernels (see the file comment). */
-bool use_tensor_cores(OuroDType t, int hs, const void *a, const void *b, const void *c,
-                      const void *d)
+/* The path that runs a call of dtype t and head size hs on these arrays:
+ * p (AUTO: the environment's) if it can take it, else SIMT. */
+KAttentionPath resolve_path(KAttentionPath p, OuroDType t, int hs, const void *a, const void *b,
+                            const void *c, const void *d)
 {
-    return t == OURO_BF16 && k_attention_tc_handles(hs) && !simt_forced() &&
-           k_attention_tc_aligned(a, b, c, d);
+    if (p == K_ATTENTION_AUTO) p = path_from_environment();
+    if (p == K_ATTENTION_SIMT || t != OURO_BF16 || !k_attention_tc_handles(hs) ||
+        !k_attention_tc_aligned(a, b, c, d))
+        return K_ATTENTION_SIMT;
+    return p;
 }
 
 template <typename Elem>
 void backward_for_head_size(void *dqkv, float *D, const void *dout, const void *qkv,
                             const void *out, const float *lse, const AttentionShape &a,
-                            bool tensor_cores, cudaStream_t s)
+                            KAttentionPath path, cudaStream_t s)
 {
     const size_t rows = (size_t)a.B * a.T * a.NH;
     const size_t blocks = (rows + D_WARPS - 1) / D_WARPS;
@@ -640,8 +653,12 @@ void backward_for_head_size(void *dqkv, float *D, const void *dout, const void *
         D, (const Elem *)dout, (const Elem *)out, a.T, a.NH, a.HS, rows);
     cudaCheck(cudaGetLastError());
 
-    if (tensor_cores) {
+    if (path == K_ATTENTION_WMMA) {
         k_attention_tc_backward(dqkv, D, dout, qkv, lse, a.B, a.T, a.C, a.NH, s);
+        return;
+    }
+    if (path == K_ATTENTION_MMA) {
+        k_attention_mma_backward(dqkv, D, dout, qkv, lse, a.B, a.T, a.C, a.NH, s);
         return;
     }
     switch (a.HS) {
@@ -663,45 +680,98 @@ extern "C" int k_attention_supported(int head_size)
     return head_size_instantiated(head_size);
 }
 
-extern "C" void k_attention_forward(void *out, float *lse, const void *qkv, OuroDType t, int B,
-                                    int T, int C, int NH, cudaStream_t s)
+extern "C" const char *k_attention_path_name(KAttentionPath p)
+{
+    switch (p) {
+    case K_ATTENTION_AUTO: return "auto";
+    case K_ATTENTION_SIMT: return "simt";
+    case K_ATTENTION_WMMA: return "wmma";
+    case K_ATTENTION_MMA: return "mma";
+    }
+    return "unknown";
+}
+
+extern "C" int k_attention_path_usable(KAttentionPath p, OuroDType t, int head_size)
+{
+    if (!head_size_instantiated(head_size)) return 0;
+    if (p == K_ATTENTION_AUTO || p == K_ATTENTION_SIMT) return 1;
+    return t == OURO_BF16 && k_attention_tc_handles(head_size);
+}
+
+/* Dies when a named path cannot take the call (the tests and benchmarks
+ * that name one must not measure another by accident). */
+static void require_path(const char *who, KAttentionPath asked, KAttentionPath got)
+{
+    if (asked != K_ATTENTION_AUTO && asked != got)
+        die("%s: the %s path cannot take this call (dtype, head size or alignment); "
+            "check k_attention_path_usable first",
+            who, k_attention_path_name(asked));
+}
+
+extern "C" void k_attention_forward_path(KAttentionPath p, void *out, float *lse,
+                                         const void *qkv, OuroDType t, int B, int T, int C,
+                                         int NH, cudaStream_t s)
 {
     const AttentionShape a = attention_shape("k_attention_forward", B, T, C, NH);
+    const KAttentionPath path = resolve_path(p, t, a.HS, out, qkv, NULL, NULL);
+    require_path("k_attention_forward", p, path);
+    switch (path) {
+    case K_ATTENTION_WMMA:
+        k_attention_tc_forward(out, lse, qkv, B, T, C, NH, s);
+        return;
+    case K_ATTENTION_MMA:
+        k_attention_mma_forward(out, lse, qkv, B, T, C, NH, s);
+        return;
+    default:
+        break;
+    }
     switch (t) {
     case OURO_F32:
         forward_for_head_size<float>(out, lse, qkv, a, s);
         return;
     case OURO_BF16:
-        if (use_tensor_cores(t, a.HS, out, qkv, NULL, NULL))
-            k_attention_tc_forward(out, lse, qkv, B, T, C, NH, s);
-        else
-            forward_for_head_size<__nv_bfloat16>(out, lse, qkv, a, s);
+        forward_for_head_size<__nv_bfloat16>(out, lse, qkv, a, s);
         return;
     }
     die("k_attention_forward: unknown dtype %d", (int)t);
 }
 
+extern "C" void k_attention_forward(void *out, float *lse, const void *qkv, OuroDType t, int B,
+                                    int T, int C, int NH, cudaStream_t s)
+{
+    k_attention_forward_path(K_ATTENTION_AUTO, out, lse, qkv, t, B, T, C, NH, s);
+}
+
 extern "C" size_t k_attention_backward_scratch_floats(int B, int T, int C, int NH)
 {
     (void)C; /* D has one value per (b, h, t), whatever the head size; the
-              * tensor-core path needs the same D and nothing more */
+              * tensor-core paths need the same D and nothing more */
     return (size_t)B * NH * T;
+}
+
+extern "C" void k_attention_backward_path(KAttentionPath p, void *dqkv, float *scratch,
+                                          const void *dout, const void *qkv, const void *out,
+                                          const float *lse, OuroDType t, int B, int T, int C,
+                                          int NH, cudaStream_t s)
+{
+    const AttentionShape a = attention_shape("k_attention_backward", B, T, C, NH);
+    const KAttentionPath path = resolve_path(p, t, a.HS, dqkv, dout, qkv, out);
+    require_path("k_attention_backward", p, path);
+    switch (t) {
+    case OURO_F32:
+        backward_for_head_size<float>(dqkv, scratch, dout, qkv, out, lse, a, path, s);
+        return;
+    case OURO_BF16:
+        backward_for_head_size<__nv_bfloat16>(dqkv, scratch, dout, qkv, out, lse, a, path, s);
+        return;
+    }
+    die("k_attention_backward: unknown dtype %d", (int)t);
 }
 
 extern "C" void k_attention_backward(void *dqkv, float *scratch, const void *dout,
                                      const void *qkv, const void *out, const float *lse,
                                      OuroDType t, int B, int T, int C, int NH, cudaStream_t s)
 {
-    const AttentionShape a = attention_shape("k_attention_backward", B, T, C, NH);
-    switch (t) {
-    case OURO_F32:
-        backward_for_head_size<float>(dqkv, scratch, dout, qkv, out, lse, a, false, s);
-        return;
-    case OURO_BF16:
-        backward_for_head_size<__nv_bfloat16>(
-            dqkv, scratch, dout, qkv, out, lse, a,
-            use_tensor_cores(t, a.HS, dqkv, dout, qkv, out), s);
-        return;
-    }
-    die("k_attention_backward: unknown dtype %d", (int)t);
+    k_attention_backward_path(K_ATTENTION_AUTO, dqkv, scratch, dout, qkv, out, lse, t, B, T, C,
+                              NH, s);
 }

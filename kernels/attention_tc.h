@@ -1,8 +1,10 @@
-/* attention_tc.h - the tensor-core (WMMA, bf16) path of the fused causal
+/* attention_tc.h - the two tensor-core (bf16) paths of the fused causal
  * attention, called by k_attention_forward / k_attention_backward
- * (attention.cu) for bf16 runs whose head size it handles. Same contract
- * as kernels.h's attention functions; see attention_tc.cu for the design.
- * Usable from C and CUDA C++. */
+ * (attention.cu) for bf16 runs whose head size they handle: WMMA
+ * (attention_tc.cu) and mma.sync with register-resident scores
+ * (attention_mma.cu). Same contract as kernels.h's attention functions,
+ * same head sizes and alignment; see each file for its design. Usable
+ * from C and CUDA C++. */
 #ifndef OURO_ATTENTION_TC_H
 #define OURO_ATTENTION_TC_H
 
@@ -29,6 +31,12 @@ void k_attention_tc_forward(void *out, float *lse, const void *qkv, int B, int T
  * D = rowsum(dout * out) [B,NH,T] already computed on the stream. */
 void k_attention_tc_backward(void *dqkv, const float *D, const void *dout, const void *qkv,
                              const float *lse, int B, int T, int C, int NH, cudaStream_t s);
+
+/* The mma.sync path: same arguments and contract as the two above. */
+void k_attention_mma_forward(void *out, float *lse, const void *qkv, int B, int T, int C,
+                             int NH, cudaStream_t s);
+void k_attention_mma_backward(void *dqkv, const float *D, const void *dout, const void *qkv,
+                              const float *lse, int B, int T, int C, int NH, cudaStream_t s);
 
 #ifdef __cplusplus
 }

@@ -115,6 +115,25 @@ size_t k_attention_backward_scratch_floats(int B, int T, int C, int NH);
 void k_attention_backward(void *dqkv, float *scratch, const void *dout, const void *qkv,
                           const void *out, const float *lse, OuroDType t, int B, int T,
                           int C, int NH, cudaStream_t s);
+/* The implementations behind the two calls above (attention.cu's header
+ * says which runs when). AUTO is what k_attention_forward/backward do:
+ * the path OURO_ATTENTION names, or the SIMT kernels where that one cannot
+ * take the call. Tests and benchmarks name a path to run each in turn; a
+ * named path that cannot take a call (k_attention_path_usable says which
+ * can, alignment apart: 16 bytes for the tensor-core paths) is an error. */
+typedef enum {
+    K_ATTENTION_AUTO = 0,
+    K_ATTENTION_SIMT, /* every dtype and head size: attention.cu */
+    K_ATTENTION_WMMA, /* bf16, head size a multiple of 16 up to 128: attention_tc.cu */
+    K_ATTENTION_MMA   /* the same calls: attention_mma.cu */
+} KAttentionPath;
+const char *k_attention_path_name(KAttentionPath p);
+int k_attention_path_usable(KAttentionPath p, OuroDType t, int head_size);
+void k_attention_forward_path(KAttentionPath p, void *out, float *lse, const void *qkv,
+                              OuroDType t, int B, int T, int C, int NH, cudaStream_t s);
+void k_attention_backward_path(KAttentionPath p, void *dqkv, float *scratch, const void *dout,
+                               const void *qkv, const void *out, const float *lse,
+                               OuroDType t, int B, int T, int C, int NH, cudaStream_t s);
 
 /* ---- softmax + cross-entropy over the vocabulary ----
  * logits [N,V] in dtype t. The forward writes each row's log-sum-exp
