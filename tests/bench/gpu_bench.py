@@ -31,7 +31,9 @@ checkpoint, PyTorch eager ~20 s, torch.compile ~1.5 min, the profile
 
 Run with the Python that has torch (only torch and the standard library):
   /opt/torch/.venv/bin/python3 tests/bench/gpu_bench.py [--batch 16] [--steps 30]
-      [--exe build/src/ouroboros] [--peak-tflops P] [--skip parts] [key=value ...]
+      [--exe build/src/ouroboros] [--peak-tflops P] [--skip parts]
+      [--attention simt,wmma,mma] [key=value ...]
+--attention wmma,mma times the ouroboros row once per attention path.
 Trailing key=value arguments go to `ouroboros train` and `profile` after
 the benchmark's own (so they win), e.g. precision=fp32. --layers, --heads,
 --width, --context and --vocab choose another model (a small one makes a
@@ -128,13 +130,17 @@ def model_keys(m, batch):
             f"block_size={m.context}", f"vocab_size={m.vocab}", f"batch_size={batch}"]
 
 
-def run(cmd, seconds, log_path):
-    """Runs cmd with its output in log_path, stopped after `seconds`;
-    returns the output; raises with its last lines when it fails."""
-    log("+ " + " ".join(shlex.quote(c) for c in cmd))
+def run(cmd, seconds, log_path, env=None):
+    """Runs cmd with its output in log_path, stopped after `seconds`, with
+    the variables of `env` added to the environment; returns the output;
+    raises with its last lines when it fails."""
+    shown = " ".join(f"{k}={shlex.quote(v)}" for k, v in (env or {}).items())
+    log("+ " + (shown + " " if shown else "") + " ".join(shlex.quote(c) for c in cmd))
+    full_env = dict(os.environ, **env) if env else None
     with open(log_path, "w") as f:
         try:
-            r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=seconds)
+            r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=seconds,
+                               env=full_env)
         except subprocess.TimeoutExpired:
             raise RuntimeError(f"{os.path.basename(cmd[0])} {cmd[1]} passed its time limit "
                                f"of {seconds:.0f} s (log: {log_path})")
@@ -148,18 +154,21 @@ def run(cmd, seconds, log_path):
     return text
 
 
-def ouroboros_rate(exe, tmp, shard, a, seconds):
+def ouroboros_rate(exe, tmp, shard, a, seconds, attention=None):
     """tokens/s of `ouroboros train` over the steps after the warm-up: the
     tokens of those steps over the time between their progress records
     (the record of step s is written when step s is done, before any final
-    evaluation or checkpoint). Returns (tokens/s, note)."""
+    evaluation or checkpoint). attention: the OURO_ATTENTION path to run
+    (None: the program's default). Returns (tokens/s, note)."""
     m = a.model
-    out = os.path.join(tmp, "ouroboros-run")
+    tag = f"-{attention}" if attention else ""
+    out = os.path.join(tmp, "ouroboros-run" + tag)
     text = run([exe, "train", "device=cuda", f"data={shard}", "data_format=bin",
                 *model_keys(m, a.batch), f"steps={a.steps}", "log_every=1", "eval_every=0",
                 "eval_batches=1", "sample_tokens=0", "warmup=0", "lr=6e-4", "beta2=0.95",
                 "weight_decay=0.1", "grad_clip=1.0", "seed=1337", f"out={out}", *a.keys],
-               seconds, os.path.join(tmp, "ouroboros-train.log"))
+               seconds, os.path.join(tmp, f"ouroboros-train{tag}.log"),
+               env={"OURO_ATTENTION": attention} if attention else None)
     with open(os.path.join(out, "metrics.jsonl")) as f:
         recs = [json.loads(line) for line in f if line.strip()]
     recs = sorted((r for r in recs if "train_loss" in r and "elapsed_s" in r),
@@ -366,6 +375,10 @@ def main():
                     help="tokens in the synthetic .bin shard")
     ap.add_argument("--profile-ranks", type=int, default=2,
                     help="ranks of the pipeline that `ouroboros profile` times")
+    ap.add_argument("--attention", default="",
+                    help="comma-separated attention paths (simt,wmma,mma: OURO_ATTENTION, "
+                         "kernels/attention.cu) to time ouroboros with, a row each; default: "
+                         "one row with the program's own choice")
     ap.add_argument("--skip", default="",
                     help="comma-separated parts to leave out: ouroboros,eager,compile,profile")
     ap.add_argument("--timeout", type=float, default=300,
@@ -390,6 +403,9 @@ def main():
         ap.error(f"--width {a.width} is not a multiple of --heads {a.heads}")
     a.model = Model(a)
     skip = set(filter(None, a.skip.split(",")))
+    bad_paths = set(filter(None, a.attention.split(","))) - {"simt", "wmma", "mma"}
+    if bad_paths:
+        ap.error(f"--attention: unknown paths {','.join(sorted(bad_paths))} (simt, wmma, mma)")
     unknown = skip - {"ouroboros", "eager", "compile", "profile"}
     if unknown:
         ap.error(f"--skip: unknown parts {','.join(sorted(unknown))}")
@@ -442,14 +458,17 @@ def main():
     prec = next((k.split("=", 1)[1] for k in a.keys if k.startswith("precision=")), "auto")
     exe_ok = os.access(a.exe, os.X_OK)
     if "ouroboros" not in skip:
-        name = f"ouroboros (precision={prec})"
-        if not exe_ok:
-            rows.append((name, None, f"no program {a.exe}: build it or pass --exe"))
-        else:
-            shard = os.path.join(tmp, "tokens.bin")
+        paths = [p for p in a.attention.split(",") if p] or [None]
+        shard = os.path.join(tmp, "tokens.bin")
+        if exe_ok:
             log(f"writing {a.shard_tokens} random tokens to {shard}")
             write_shard(shard, a.shard_tokens, min(DATA_VOCAB, a.model.vocab), 1337)
-            measure(name, lambda s: ouroboros_rate(a.exe, tmp, shard, a, s))
+        for path in paths:
+            name = f"ouroboros (precision={prec}" + (f", attention={path})" if path else ")")
+            if not exe_ok:
+                rows.append((name, None, f"no program {a.exe}: build it or pass --exe"))
+            else:
+                measure(name, lambda s, p=path: ouroboros_rate(a.exe, tmp, shard, a, s, p))
     for part, compiled, name in (("eager", False, "pytorch eager (bf16 autocast)"),
                                  ("compile", True, "pytorch torch.compile (bf16)")):
         if part in skip:
@@ -481,13 +500,14 @@ def main():
           f"{time.time() - t_start:.0f} s in all")
     print(f"FLOPs/token = 6*(12*L*C^2 + V*C) + 12*L*C*T = {fpt / 1e6:.1f} M; "
           f"peak {a.peak_tflops:g} TFLOP/s ({peak_why})")
-    print(f"{'part':<34} {'tokens/s':>12} {'ms/step':>10} {'MFU%':>7}  note")
+    w = max([34] + [len(name) for name, _, _ in rows])
+    print(f"{'part':<{w}} {'tokens/s':>12} {'ms/step':>10} {'MFU%':>7}  note")
     for name, rate, note in rows:
         if rate is None:
-            print(f"{name:<34} {'failed':>12} {'-':>10} {'-':>7}  {note}")
+            print(f"{name:<{w}} {'failed':>12} {'-':>10} {'-':>7}  {note}")
             continue
         ms = 1e3 * a.batch * a.model.context / rate
-        print(f"{name:<34} {rate:>12.0f} {ms:>10.2f} {100 * rate * fpt / peak:>7.1f}  {note}")
+        print(f"{name:<{w}} {rate:>12.0f} {ms:>10.2f} {100 * rate * fpt / peak:>7.1f}  {note}")
     if prof_rows or prof_other:
         print()
         print(f"ouroboros profile: schedule=ouroboros, {a.profile_ranks} ranks, one micro-batch "

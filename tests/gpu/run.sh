@@ -17,6 +17,7 @@
 #                       every CUDA kernel against the CPU ops;
 #   model-fp32/-bf16    test_gpu_model: the whole model through the
 #                       Backend, as one module and as two;
+#   model-bf16-mma      the same in bf16 with OURO_ATTENTION=mma;
 #   cpu-vs-cuda-fp32    50 training steps device=cuda precision=fp32
 #                       against device=cpu from the same seed: the weights
 #                       (tests/params_diff) and the final losses;
@@ -399,6 +400,14 @@ done
 # The model through the Backend, one precision per process.
 run_program model-fp32 90 "$MODEL_TEST" fp32
 run_program model-bf16 90 "$MODEL_TEST" bf16
+# The same with the mma.sync attention (the default is WMMA; the kernels
+# items above run every path on its own). A path the caller chose with
+# OURO_ATTENTION stays in force for the other items.
+caller_attention=${OURO_ATTENTION-unset}
+OURO_ATTENTION=mma
+export OURO_ATTENTION
+run_program model-bf16-mma 90 "$MODEL_TEST" bf16
+if [ "$caller_attention" = unset ]; then unset OURO_ATTENTION; else OURO_ATTENTION=$caller_attention; fi
 
 CORPUS=$TMP/corpus.txt
 make_corpus "$CORPUS"

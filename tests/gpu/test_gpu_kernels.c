@@ -641,6 +641,55 @@ static void attention_lse(float *lse, const float *qkv, int B, int T, int C, int
     free(s);
 }
 
+/* One attention path's forward and backward against the CPU's (out, lse,
+ * ref from the same qkv and g, already rounded to t). */
+static void test_attention_path(Ctx *c, KAttentionPath path, const char *shape, const Shape *s,
+                                OuroDType t, const float *qkv, const float *out,
+                                const float *lse, const float *g, const float *ref) {
+    int B = s->B, T = s->T, C = s->C, NH = s->NH;
+    size_t NC = (size_t)B * T * C, N3C = 3 * NC, NL = (size_t)B * NH * T;
+    size_t es = ouro_dtype_size(t);
+    double tol = tol_of(TOL_ATTENTION, t);
+    const char *pn = k_attention_path_name(path);
+    char name[64];
+    void *dqkv_in = dev_alloc(N3C * es);
+    upload_into(dqkv_in, qkv, N3C, t);
+    void *dout = dev_alloc(NC * es);
+    float *dlse = dev_alloc(NL * 4);
+    poison(dout, NC * es);
+    poison(dlse, NL * 4);
+    snprintf(name, sizeof name, "attention_forward.out [%s]", pn);
+    check_begin(c, name, shape, t, t);
+    k_attention_forward_path(path, dout, dlse, dqkv_in, t, B, T, C, NH, c->s);
+    check_end_device(c, out, dout, NC, tol);
+    snprintf(name, sizeof name, "attention_forward.lse [%s]", pn);
+    check_begin(c, name, shape, t, OURO_F32);
+    check_end_device(c, lse, dlse, NL, tol_of(TOL_ATTENTION, OURO_F32));
+
+    /* backward from the GPU's own out and lse, as the backend runs it; the
+     * CPU's attention_backward and the GPU's both OVERWRITE dqkv (the
+     * GPU's starts as garbage) */
+    void *dg = dev_alloc(NC * es);
+    upload_into(dg, g, NC, t);
+    void *dgrad = dev_alloc(N3C * es);
+    poison(dgrad, N3C * es);
+    float *scratch = dev_alloc(k_attention_backward_scratch_floats(B, T, C, NH) * 4);
+    snprintf(name, sizeof name, "attention_backward.dqkv [%s]", pn);
+    check_begin(c, name, shape, t, t);
+    k_attention_backward_path(path, dgrad, scratch, dg, dqkv_in, dout, dlse, t, B, T, C, NH,
+                              c->s);
+    check_end_device(c, ref, dgrad, N3C, tol);
+
+    dev_free(dqkv_in);
+    dev_free(dout);
+    dev_free(dlse);
+    dev_free(dg);
+    dev_free(dgrad);
+    dev_free(scratch);
+}
+
+/* Every path that takes this dtype and head size (attention.cu's header),
+ * each against the same CPU results. */
 static void test_attention(Ctx *c, const Shape *s, OuroDType t) {
     char shape[64];
     shape_text(shape, sizeof shape, s);
@@ -653,46 +702,25 @@ static void test_attention(Ctx *c, const Shape *s, OuroDType t) {
         return;
     }
     size_t NC = (size_t)B * T * C, N3C = 3 * NC, NL = (size_t)B * NH * T;
-    size_t es = ouro_dtype_size(t);
-    double tol = tol_of(TOL_ATTENTION, t);
     /* scores of standard deviation 1.5: some rows peaked, some flat */
     float *qkv = host_normal(c, N3C, 0.0, sqrt(1.5));
-    void *dqkv_in = upload(qkv, N3C, t);
+    float *g = host_normal(c, NC, 0.0, 1.0);
+    /* the CPU computes from exactly what the GPU reads */
+    round_to(qkv, N3C, t);
+    round_to(g, NC, t);
     float *out = xmalloc(NC * sizeof(float)), *lse = xmalloc(NL * sizeof(float));
     float *att = xmalloc((size_t)B * NH * T * T * sizeof(float));
     float *scratch_cpu = xmalloc(attention_scratch_floats(T, C, NH) * sizeof(float));
     attention_forward(out, att, scratch_cpu, qkv, B, T, C, NH);
     attention_lse(lse, qkv, B, T, C, NH);
-    void *dout = dev_alloc(NC * es);
-    float *dlse = dev_alloc(NL * 4);
-    poison(dout, NC * es);
-    poison(dlse, NL * 4);
-    check_begin(c, "attention_forward.out", shape, t, t);
-    k_attention_forward(dout, dlse, dqkv_in, t, B, T, C, NH, c->s);
-    check_end_device(c, out, dout, NC, tol);
-    check_begin(c, "attention_forward.lse", shape, t, OURO_F32);
-    check_end_device(c, lse, dlse, NL, tol_of(TOL_ATTENTION, OURO_F32));
-
-    /* backward from the GPU's own out and lse, as the backend runs it; the
-     * CPU's attention_backward and the GPU's both OVERWRITE dqkv (the
-     * GPU's starts as garbage) */
-    float *g = host_normal(c, NC, 0.0, 1.0);
-    void *dg = upload(g, NC, t);
     float *ref = xcalloc(N3C, sizeof(float));
     attention_backward(ref, scratch_cpu, g, qkv, att, B, T, C, NH);
-    void *dgrad = dev_alloc(N3C * es);
-    poison(dgrad, N3C * es);
-    float *scratch = dev_alloc(k_attention_backward_scratch_floats(B, T, C, NH) * 4);
-    check_begin(c, "attention_backward.dqkv", shape, t, t);
-    k_attention_backward(dgrad, scratch, dg, dqkv_in, dout, dlse, t, B, T, C, NH, c->s);
-    check_end_device(c, ref, dgrad, N3C, tol);
 
-    dev_free(dqkv_in);
-    dev_free(dout);
-    dev_free(dlse);
-    dev_free(dg);
-    dev_free(dgrad);
-    dev_free(scratch);
+    const KAttentionPath paths[] = {K_ATTENTION_SIMT, K_ATTENTION_WMMA, K_ATTENTION_MMA};
+    for (int i = 0; i < (int)(sizeof paths / sizeof paths[0]); i++)
+        if (k_attention_path_usable(paths[i], t, HS))
+            test_attention_path(c, paths[i], shape, s, t, qkv, out, lse, g, ref);
+
     free(qkv);
     free(out);
     free(lse);
