@@ -7,6 +7,8 @@
 
 #include <math.h>
 
+#include <type_traits>
+
 #ifndef OURO_ATTENTION_EMULATION /* tests/attention_emulation.h stands in */
 #include <cuda_runtime.h>
 #endif
@@ -49,6 +51,24 @@ static inline TcShape tc_shape(const char *who, int B, int T, int C, int NH)
     a.grid = dim3((unsigned)heads, (unsigned)tiles);
     a.scale = 1.0f / sqrtf((float)(C / NH));
     return a;
+}
+
+/* Calls f(std::integral_constant<int, HS>()) for the head size hs, one of
+ * TC_HEAD_SIZES (so f can instantiate a kernel for it); dies naming `who`
+ * for any other. */
+template <typename F> void with_tc_head_size(const char *who, int hs, F &&f)
+{
+    switch (hs) {
+#define TC_CASE(n)                                                                     \
+    case n:                                                                            \
+        f(std::integral_constant<int, n>());                                           \
+        return;
+        TC_HEAD_SIZES(TC_CASE)
+#undef TC_CASE
+    }
+    die("%s: head size %d has no tensor-core kernel (multiples of 16 up to 128 only; check "
+        "k_attention_tc_handles first)",
+        who, hs);
 }
 
 } /* namespace attention_grid */

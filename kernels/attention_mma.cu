@@ -317,6 +317,49 @@ template <int N> __device__ __forceinline__ void zero(float (*acc)[4])
         for (int e = 0; e < 4; e++) acc[n][e] = 0.0f;
 }
 
+/* The warp's own A operands of a backward kernel, 16 rows from r0 of two
+ * tiles, as fragments for every k-step (kept when hold_own_rows). */
+template <int HS>
+__device__ __forceinline__ void load_own_rows(uint32_t (*fa)[4], uint32_t (*fb)[4],
+                                              const bf16 *own_a, const bf16 *own_b, int r0,
+                                              int lane)
+{
+#pragma unroll
+    for (int kk = 0; kk < HS / 16; kk++) {
+        ldsm_x4(fa[kk], a_rows<HS>(own_a, r0, kk * 16, lane));
+        ldsm_x4(fb[kk], a_rows<HS>(own_b, r0, kk * 16, lane));
+    }
+}
+
+/* The two score blocks of a backward chunk, 16 x CHUNK each, over all HS
+ * features: sa = A_w Xa^T and sb = B_w Xb^T, with A_w, B_w the warp's own
+ * rows (held: the fragments ha, hb; else reloaded from rows r0.. of
+ * own_a, own_b) and Xa, Xb the chunk's rows c0.. of the walked tiles. */
+template <int HS>
+__device__ __forceinline__ void chunk_scores(float (*sa)[4], float (*sb)[4],
+                                             const uint32_t (*ha)[4], const uint32_t (*hb)[4],
+                                             const bf16 *own_a, const bf16 *own_b, int r0,
+                                             const bf16 *xa, const bf16 *xb, int c0, int lane)
+{
+    constexpr int CBLK = CHUNK / 8;
+    zero<CBLK>(sa);
+    zero<CBLK>(sb);
+#pragma unroll
+    for (int kk = 0; kk < HS / 16; kk++) {
+        uint32_t ta[4], tb[4];
+        const uint32_t *fa = ta, *fb = tb;
+        if constexpr (hold_own_rows<HS>()) {
+            fa = ha[kk];
+            fb = hb[kk];
+        } else {
+            ldsm_x4(ta, a_rows<HS>(own_a, r0, kk * 16, lane));
+            ldsm_x4(tb, a_rows<HS>(own_b, r0, kk * 16, lane));
+        }
+        mma_row_tile<HS, CBLK / 2>(sa, fa, xa, c0, kk * 16, lane);
+        mma_row_tile<HS, CBLK / 2>(sb, fb, xb, c0, kk * 16, lane);
+    }
+}
+
 /* ---- forward ---- */
 
 /* grid (B*NH, query tiles), THREADS threads; blockIdx.y counts from the
@@ -513,13 +556,8 @@ __global__ void __launch_bounds__(THREADS)
             cp_async_wait<0>();
         }
         __syncthreads();
-        if (HOLD && it == 0) {
-#pragma unroll
-            for (int kk = 0; kk < (HOLD ? KSTEPS : 1); kk++) {
-                ldsm_x4(ka[kk], a_rows<HS>(k_s, warp * WROWS, kk * 16, lane));
-                ldsm_x4(va[kk], a_rows<HS>(v_s, warp * WROWS, kk * 16, lane));
-            }
-        }
+        if constexpr (HOLD)
+            if (it == 0) load_own_rows<HS>(ka, va, k_s, v_s, warp * WROWS, lane);
         const bf16 *qs = q_s + (it & 1) * TE, *dos = do_s + (it & 1) * TE;
         const float *lse_t = lse_s + (it & 1) * TILE, *d_t = d_s + (it & 1) * TILE;
         const bool edge = q0 == k0 || q0 + TILE > T; /* the diagonal, or past T */
@@ -528,23 +566,8 @@ __global__ void __launch_bounds__(THREADS)
         for (int c0 = 0; c0 < TILE; c0 += CHUNK) {
             /* every query of the chunk before every key of the warp */
             if (q0 + c0 + CHUNK - 1 < k0 + warp * WROWS) continue;
-            float st[CBLK][4], dpt[CBLK][4];
-            zero<CBLK>(st);
-            zero<CBLK>(dpt);
-#pragma unroll
-            for (int kk = 0; kk < KSTEPS; kk++) {
-                uint32_t kt[4], vt[4];
-                const uint32_t *kf = kt, *vf = vt;
-                if (HOLD) {
-                    kf = ka[HOLD ? kk : 0];
-                    vf = va[HOLD ? kk : 0];
-                } else {
-                    ldsm_x4(kt, a_rows<HS>(k_s, warp * WROWS, kk * 16, lane));
-                    ldsm_x4(vt, a_rows<HS>(v_s, warp * WROWS, kk * 16, lane));
-                }
-                mma_row_tile<HS, CBLK / 2>(st, kf, qs, c0, kk * 16, lane);
-                mma_row_tile<HS, CBLK / 2>(dpt, vf, dos, c0, kk * 16, lane);
-            }
+            float st[CBLK][4], dpt[CBLK][4]; /* S^T = K_w Q^T, dP^T = V_w dO^T */
+            chunk_scores<HS>(st, dpt, ka, va, k_s, v_s, warp * WROWS, qs, dos, c0, lane);
             /* P^T and dS^T: rows are keys, columns queries */
 #pragma unroll
             for (int j = 0; j < CBLK; j++)
@@ -646,13 +669,8 @@ __global__ void __launch_bounds__(THREADS)
             cp_async_wait<0>();
         }
         __syncthreads();
-        if (HOLD && it == 0) {
-#pragma unroll
-            for (int kk = 0; kk < (HOLD ? KSTEPS : 1); kk++) {
-                ldsm_x4(qa[kk], a_rows<HS>(q_s, warp * WROWS, kk * 16, lane));
-                ldsm_x4(oa[kk], a_rows<HS>(do_s, warp * WROWS, kk * 16, lane));
-            }
-        }
+        if constexpr (HOLD)
+            if (it == 0) load_own_rows<HS>(qa, oa, q_s, do_s, warp * WROWS, lane);
         const bf16 *ks = k_s + (it & 1) * TE, *vs = v_s + (it & 1) * TE;
         const bool diagonal = k0 == q0;
 
@@ -660,23 +678,8 @@ __global__ void __launch_bounds__(THREADS)
         for (int c0 = 0; c0 < TILE; c0 += CHUNK) {
             /* every key of the chunk after every query of the warp */
             if (k0 + c0 > q0 + warp * WROWS + WROWS - 1) continue;
-            float s[CBLK][4], dp[CBLK][4];
-            zero<CBLK>(s);
-            zero<CBLK>(dp);
-#pragma unroll
-            for (int kk = 0; kk < KSTEPS; kk++) {
-                uint32_t qt[4], ot[4];
-                const uint32_t *qf = qt, *of = ot;
-                if (HOLD) {
-                    qf = qa[HOLD ? kk : 0];
-                    of = oa[HOLD ? kk : 0];
-                } else {
-                    ldsm_x4(qt, a_rows<HS>(q_s, warp * WROWS, kk * 16, lane));
-                    ldsm_x4(ot, a_rows<HS>(do_s, warp * WROWS, kk * 16, lane));
-                }
-                mma_row_tile<HS, CBLK / 2>(s, qf, ks, c0, kk * 16, lane);
-                mma_row_tile<HS, CBLK / 2>(dp, of, vs, c0, kk * 16, lane);
-            }
+            float s[CBLK][4], dp[CBLK][4]; /* S = Q_w K^T, dP = dO_w V^T */
+            chunk_scores<HS>(s, dp, qa, oa, q_s, do_s, warp * WROWS, ks, vs, c0, lane);
             /* dS = P (dP - D) */
 #pragma unroll
             for (int j = 0; j < CBLK; j++)
@@ -746,37 +749,19 @@ extern "C" void k_attention_mma_forward(void *out, float *lse, const void *qkv, 
                                         int C, int NH, cudaStream_t s)
 {
     const TcShape a = tc_shape("k_attention_mma_forward", B, T, C, NH);
-    switch (C / NH) {
-#define MMA_CASE(n)                                                                    \
-    case n:                                                                            \
-        launch_mma_forward<n>(out, lse, qkv, a, s);                                    \
-        return;
-        TC_HEAD_SIZES(MMA_CASE)
-#undef MMA_CASE
-    default:
-        die("k_attention_mma_forward: head size %d has no kernel (multiples of 16 up to 128 "
-            "only; check k_attention_tc_handles first)",
-            C / NH);
-    }
+    with_tc_head_size("k_attention_mma_forward", C / NH, [&](auto hs) {
+        launch_mma_forward<decltype(hs)::value>(out, lse, qkv, a, s);
+    });
 }
 
 extern "C" void k_attention_mma_backward(void *dqkv, const float *D, const void *dout,
-                                         const void *qkv, const float *lse, int B, int T,
-                                         int C, int NH, cudaStream_t s)
+                                         const void *qkv, const float *lse, int B, int T, int C,
+                                         int NH, cudaStream_t s)
 {
     const TcShape a = tc_shape("k_attention_mma_backward", B, T, C, NH);
-    switch (C / NH) {
-#define MMA_CASE(n)                                                                    \
-    case n:                                                                            \
-        launch_mma_backward<n>(dqkv, D, dout, qkv, lse, a, s);                         \
-        return;
-        TC_HEAD_SIZES(MMA_CASE)
-#undef MMA_CASE
-    default:
-        die("k_attention_mma_backward: head size %d has no kernel (multiples of 16 up to 128 "
-            "only; check k_attention_tc_handles first)",
-            C / NH);
-    }
+    with_tc_head_size("k_attention_mma_backward", C / NH, [&](auto hs) {
+        launch_mma_backward<decltype(hs)::value>(dqkv, D, dout, qkv, lse, a, s);
+    });
 }
 
 #endif /* OURO_ATTENTION_EMULATION */

@@ -714,18 +714,9 @@ extern "C" void k_attention_tc_forward(void *out, float *lse, const void *qkv, i
                                        int C, int NH, cudaStream_t s)
 {
     const TcShape a = tc_shape("k_attention_tc_forward", B, T, C, NH);
-    switch (C / NH) {
-#define TC_CASE(n)                                                                     \
-    case n:                                                                            \
-        launch_tc_forward<n>(out, lse, qkv, a, s);                                     \
-        return;
-        TC_HEAD_SIZES(TC_CASE)
-#undef TC_CASE
-    default:
-        die("k_attention_tc_forward: head size %d has no tensor-core kernel (multiples of 16 "
-            "up to 128 only; check k_attention_tc_handles first)",
-            C / NH);
-    }
+    with_tc_head_size("k_attention_tc_forward", C / NH, [&](auto hs) {
+        launch_tc_forward<decltype(hs)::value>(out, lse, qkv, a, s);
+    });
 }
 
 extern "C" void k_attention_tc_backward(void *dqkv, const float *D, const void *dout,
@@ -733,16 +724,7 @@ extern "C" void k_attention_tc_backward(void *dqkv, const float *D, const void *
                                         int NH, cudaStream_t s)
 {
     const TcShape a = tc_shape("k_attention_tc_backward", B, T, C, NH);
-    switch (C / NH) {
-#define TC_CASE(n)                                                                     \
-    case n:                                                                            \
-        launch_tc_backward<n>(dqkv, D, dout, qkv, lse, a, s);                          \
-        return;
-        TC_HEAD_SIZES(TC_CASE)
-#undef TC_CASE
-    default:
-        die("k_attention_tc_backward: head size %d has no tensor-core kernel (multiples of 16 "
-            "up to 128 only; check k_attention_tc_handles first)",
-            C / NH);
-    }
+    with_tc_head_size("k_attention_tc_backward", C / NH, [&](auto hs) {
+        launch_tc_backward<decltype(hs)::value>(dqkv, D, dout, qkv, lse, a, s);
+    });
 }
