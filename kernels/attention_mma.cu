@@ -360,6 +360,28 @@ __device__ __forceinline__ void chunk_scores(float (*sa)[4], float (*sb)[4],
     }
 }
 
+/* One step of the walk over key tiles that the forward and the dQ pass
+ * make, K and V double-buffered (stages of TE elements): starts copying
+ * tile it+1 into the other stage if there is one, then waits until tile
+ * it has landed for the whole block. */
+template <int HS>
+__device__ __forceinline__ void key_tile_step(bf16 *k_s, bf16 *v_s, const bf16 *k_g,
+                                              const bf16 *v_g, size_t stride, int it,
+                                              int n_tiles, int T)
+{
+    constexpr size_t TE = tile_bytes<HS>() / sizeof(bf16);
+    if (it + 1 < n_tiles) {
+        const int st = (it + 1) & 1;
+        tile_load_async<HS>(k_s + st * TE, k_g, stride, (it + 1) * TILE, T);
+        tile_load_async<HS>(v_s + st * TE, v_g, stride, (it + 1) * TILE, T);
+        cp_async_commit();
+        cp_async_wait<1>();
+    } else {
+        cp_async_wait<0>();
+    }
+    __syncthreads();
+}
+
 /* ---- forward ---- */
 
 /* grid (B*NH, query tiles), THREADS threads; blockIdx.y counts from the
@@ -402,16 +424,7 @@ __global__ void __launch_bounds__(THREADS)
     const int n_tiles = q0 / TILE + 1; /* up to and including the diagonal */
     for (int it = 0; it < n_tiles; it++) {
         const int k0 = it * TILE;
-        if (it + 1 < n_tiles) {
-            const int st = (it + 1) & 1;
-            tile_load_async<HS>(k_s + st * TE, k_g, stride, k0 + TILE, T);
-            tile_load_async<HS>(v_s + st * TE, v_g, stride, k0 + TILE, T);
-            cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
-        __syncthreads();
+        key_tile_step<HS>(k_s, v_s, k_g, v_g, stride, it, n_tiles, T);
         if (it == 0) {
 #pragma unroll
             for (int kk = 0; kk < KSTEPS; kk++)
@@ -659,16 +672,7 @@ __global__ void __launch_bounds__(THREADS)
     const int n_tiles = q0 / TILE + 1;
     for (int it = 0; it < n_tiles; it++) {
         const int k0 = it * TILE;
-        if (it + 1 < n_tiles) {
-            const int st = (it + 1) & 1;
-            tile_load_async<HS>(k_s + st * TE, k_g, stride, k0 + TILE, T);
-            tile_load_async<HS>(v_s + st * TE, v_g, stride, k0 + TILE, T);
-            cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
-        __syncthreads();
+        key_tile_step<HS>(k_s, v_s, k_g, v_g, stride, it, n_tiles, T);
         if constexpr (HOLD)
             if (it == 0) load_own_rows<HS>(qa, oa, q_s, do_s, warp * WROWS, lane);
         const bf16 *ks = k_s + (it & 1) * TE, *vs = v_s + (it & 1) * TE;
