@@ -382,6 +382,34 @@ __device__ __forceinline__ void key_tile_step(bf16 *k_s, bf16 *v_s, const bf16 *
     __syncthreads();
 }
 
+/* Where a thread stands: its warp and lane (g = lane / 4 and quad =
+ * lane % 4, as in the fragment tables), and its block's (sequence, head)
+ * pair: q of token 0 in qkv [B,T,3C] (k at +C, v at +2C; stride 3C
+ * between tokens) and token 0's features in [B,T,C]. */
+struct BlockView {
+    int warp, lane, g, quad;
+    size_t stride, head_qkv, head_c;
+};
+
+template <int HS> __device__ __forceinline__ BlockView block_view(int T, int C)
+{
+    BlockView v;
+    v.warp = threadIdx.x / 32;
+    v.lane = threadIdx.x % 32;
+    v.g = v.lane >> 2;
+    v.quad = v.lane & 3;
+    const int NH = C / HS, b = blockIdx.x / NH, h = blockIdx.x % NH;
+    v.stride = 3 * (size_t)C;
+    v.head_qkv = (size_t)b * T * v.stride + (size_t)h * HS;
+    v.head_c = (size_t)b * T * C + (size_t)h * HS;
+    return v;
+}
+
+/* The first query of a block whose grid walks query tiles: blockIdx.y
+ * counts from the last tile (the most key tiles) so the long blocks start
+ * first. */
+__device__ __forceinline__ int query_tile_start() { return (gridDim.y - 1 - blockIdx.y) * TILE; }
+
 /* ---- forward ---- */
 
 /* grid (B*NH, query tiles), THREADS threads; blockIdx.y counts from the
@@ -400,16 +428,14 @@ __global__ void __launch_bounds__(THREADS)
     bf16 *k_s = q_s + TE;     /* two stages */
     bf16 *v_s = k_s + 2 * TE; /* two stages */
 
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int g = lane >> 2, quad = lane & 3;
-    const int NH = C / HS;
-    const int b = blockIdx.x / NH, h = blockIdx.x % NH;
-    const int q0 = (gridDim.y - 1 - blockIdx.y) * TILE;
-    const size_t stride = 3 * (size_t)C;
-    const bf16 *q_g = qkv + (size_t)b * T * stride + (size_t)h * HS;
+    const BlockView bv = block_view<HS>(T, C);
+    const int warp = bv.warp, lane = bv.lane, quad = bv.quad;
+    const size_t stride = bv.stride;
+    const int q0 = query_tile_start();
+    const bf16 *q_g = qkv + bv.head_qkv;
     const bf16 *k_g = q_g + C;
     const bf16 *v_g = q_g + 2 * (size_t)C;
-    const int row0 = q0 + warp * WROWS + g; /* the query of c0,c1; row0 + 8 of c2,c3 */
+    const int row0 = q0 + warp * WROWS + bv.g; /* the query of c0,c1; row0 + 8 of c2,c3 */
 
     tile_load_async<HS>(q_s, q_g, stride, q0, T);
     tile_load_async<HS>(k_s, k_g, stride, 0, T);
@@ -495,7 +521,7 @@ __global__ void __launch_bounds__(THREADS)
         l[r] += __shfl_xor_sync(FULL, l[r], 2);
         inv[r] = 1.0f / l[r];
     }
-    bf16 *out_h = out + (size_t)b * T * C + (size_t)h * HS;
+    bf16 *out_h = out + bv.head_c;
     bf16 *dst0 = row0 < T ? out_h + (size_t)row0 * C : NULL;
     bf16 *dst8 = row0 + 8 < T ? out_h + (size_t)(row0 + 8) * C : NULL;
     store_acc_rows<HS>(dst0, dst8, o, inv[0], inv[1], lane);
@@ -530,18 +556,15 @@ __global__ void __launch_bounds__(THREADS)
     float *lse_s = reinterpret_cast<float *>(do_s + 2 * TE); /* [2][TILE] */
     float *d_s = lse_s + 2 * TILE;                            /* [2][TILE] */
 
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int g = lane >> 2, quad = lane & 3;
-    const int NH = C / HS;
-    const int b = blockIdx.x / NH, h = blockIdx.x % NH;
+    const BlockView bv = block_view<HS>(T, C);
+    const int warp = bv.warp, lane = bv.lane, quad = bv.quad;
+    const size_t stride = bv.stride, head_qkv = bv.head_qkv;
     const int k0 = blockIdx.y * TILE;
-    const size_t stride = 3 * (size_t)C;
-    const size_t head_qkv = (size_t)b * T * stride + (size_t)h * HS;
     const bf16 *q_g = qkv + head_qkv;
-    const bf16 *do_g = dout + (size_t)b * T * C + (size_t)h * HS;
+    const bf16 *do_g = dout + bv.head_c;
     const float *lse_g = lse + (size_t)blockIdx.x * T;
     const float *d_g = D + (size_t)blockIdx.x * T;
-    const int key0 = k0 + warp * WROWS + g; /* the key of c0,c1; key0 + 8 of c2,c3 */
+    const int key0 = k0 + warp * WROWS + bv.g; /* the key of c0,c1; key0 + 8 of c2,c3 */
 
     tile_load_async<HS>(k_s, q_g + C, stride, k0, T);
     tile_load_async<HS>(v_s, q_g + 2 * (size_t)C, stride, k0, T);
@@ -637,20 +660,17 @@ __global__ void __launch_bounds__(THREADS)
     bf16 *k_s = do_s + TE;    /* two stages */
     bf16 *v_s = k_s + 2 * TE; /* two stages */
 
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int g = lane >> 2, quad = lane & 3;
-    const int NH = C / HS;
-    const int b = blockIdx.x / NH, h = blockIdx.x % NH;
-    const int q0 = (gridDim.y - 1 - blockIdx.y) * TILE;
-    const size_t stride = 3 * (size_t)C;
-    const size_t head_qkv = (size_t)b * T * stride + (size_t)h * HS;
+    const BlockView bv = block_view<HS>(T, C);
+    const int warp = bv.warp, lane = bv.lane, quad = bv.quad;
+    const size_t stride = bv.stride, head_qkv = bv.head_qkv;
+    const int q0 = query_tile_start();
     const bf16 *q_g = qkv + head_qkv;
     const bf16 *k_g = q_g + C;
     const bf16 *v_g = q_g + 2 * (size_t)C;
-    const int row0 = q0 + warp * WROWS + g; /* the query of c0,c1; row0 + 8 of c2,c3 */
+    const int row0 = q0 + warp * WROWS + bv.g; /* the query of c0,c1; row0 + 8 of c2,c3 */
 
     tile_load_async<HS>(q_s, q_g, stride, q0, T);
-    tile_load_async<HS>(do_s, dout + (size_t)b * T * C + (size_t)h * HS, (size_t)C, q0, T);
+    tile_load_async<HS>(do_s, dout + bv.head_c, (size_t)C, q0, T);
     tile_load_async<HS>(k_s, k_g, stride, 0, T);
     tile_load_async<HS>(v_s, v_g, stride, 0, T);
     cp_async_commit();
