@@ -115,8 +115,8 @@ static double dot(const double *a, const double *b, size_t n) {
 typedef double (*Objective)(void *ctx);
 
 /* Compares the analytic gradient g (of the objective f w.r.t. the array p,
- * which f reads through ctx) with central differences of f. */
-/* check_grad over elements 0, stride, 2 stride, ... only */
+ * which f reads through ctx) with central differences of f, over the
+ * elements 0, stride, 2 stride, ... of p. */
 static void check_grad_every(const char *what, const Shape *s, Objective f, void *ctx,
                              double *p, const float *g, size_t n, size_t stride) {
     size_t m = (n + stride - 1) / stride;
@@ -138,6 +138,7 @@ static void check_grad_every(const char *what, const Shape *s, Objective f, void
     free(gm);
 }
 
+/* check_grad_every over every element */
 static void check_grad(const char *what, const Shape *s, Objective f,
                        void *ctx, double *p, const float *g, size_t n) {
     check_grad_every(what, s, f, ctx, p, g, n, 1);
