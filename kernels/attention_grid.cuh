@@ -1,7 +1,9 @@
 /* attention_grid.cuh - what the two tensor-core attention files
  * (attention_tc.cu: WMMA; attention_mma.cu: mma.sync) share: the head
  * sizes they are built for, the grid of 64-token tiles, and the shape
- * check every launcher makes. Internal to kernels/ (CUDA C++ only). */
+ * check and head-size dispatch of every entry point. Internal to
+ * kernels/ (CUDA C++; tests/test_attention_emulation.cc builds it for the
+ * CPU). */
 #ifndef OURO_ATTENTION_GRID_CUH
 #define OURO_ATTENTION_GRID_CUH
 
@@ -53,22 +55,25 @@ static inline TcShape tc_shape(const char *who, int B, int T, int C, int NH)
     return a;
 }
 
-/* Calls f(std::integral_constant<int, HS>()) for the head size hs, one of
- * TC_HEAD_SIZES (so f can instantiate a kernel for it); dies naming `who`
- * for any other. */
-template <typename F> void with_tc_head_size(const char *who, int hs, F &&f)
+/* What every tensor-core entry point does: checks the sizes and lays out
+ * the grid (tc_shape), then calls f(std::integral_constant<int, HS>(), a)
+ * for the head size, one of TC_HEAD_SIZES, so f can launch the kernels
+ * instantiated for it. Dies naming `who` for bad sizes or another head
+ * size. */
+template <typename F> void with_tc_launch(const char *who, int B, int T, int C, int NH, F &&f)
 {
-    switch (hs) {
+    const TcShape a = tc_shape(who, B, T, C, NH);
+    switch (C / NH) {
 #define TC_CASE(n)                                                                     \
     case n:                                                                            \
-        f(std::integral_constant<int, n>());                                           \
+        f(std::integral_constant<int, n>(), a);                                        \
         return;
         TC_HEAD_SIZES(TC_CASE)
 #undef TC_CASE
     }
     die("%s: head size %d has no tensor-core kernel (multiples of 16 up to 128 only; check "
         "k_attention_tc_handles first)",
-        who, hs);
+        who, C / NH);
 }
 
 } /* namespace attention_grid */

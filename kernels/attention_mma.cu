@@ -772,8 +772,7 @@ void launch_mma_backward(void *dqkv, const float *D, const void *dout, const voi
 extern "C" void k_attention_mma_forward(void *out, float *lse, const void *qkv, int B, int T,
                                         int C, int NH, cudaStream_t s)
 {
-    const TcShape a = tc_shape("k_attention_mma_forward", B, T, C, NH);
-    with_tc_head_size("k_attention_mma_forward", C / NH, [&](auto hs) {
+    with_tc_launch("k_attention_mma_forward", B, T, C, NH, [&](auto hs, const TcShape &a) {
         launch_mma_forward<decltype(hs)::value>(out, lse, qkv, a, s);
     });
 }
@@ -782,8 +781,7 @@ extern "C" void k_attention_mma_backward(void *dqkv, const float *D, const void 
                                          const void *qkv, const float *lse, int B, int T, int C,
                                          int NH, cudaStream_t s)
 {
-    const TcShape a = tc_shape("k_attention_mma_backward", B, T, C, NH);
-    with_tc_head_size("k_attention_mma_backward", C / NH, [&](auto hs) {
+    with_tc_launch("k_attention_mma_backward", B, T, C, NH, [&](auto hs, const TcShape &a) {
         launch_mma_backward<decltype(hs)::value>(dqkv, D, dout, qkv, lse, a, s);
     });
 }

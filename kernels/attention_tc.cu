@@ -713,8 +713,7 @@ extern "C" int k_attention_tc_aligned(const void *a, const void *b, const void *
 extern "C" void k_attention_tc_forward(void *out, float *lse, const void *qkv, int B, int T,
                                        int C, int NH, cudaStream_t s)
 {
-    const TcShape a = tc_shape("k_attention_tc_forward", B, T, C, NH);
-    with_tc_head_size("k_attention_tc_forward", C / NH, [&](auto hs) {
+    with_tc_launch("k_attention_tc_forward", B, T, C, NH, [&](auto hs, const TcShape &a) {
         launch_tc_forward<decltype(hs)::value>(out, lse, qkv, a, s);
     });
 }
@@ -723,8 +722,7 @@ extern "C" void k_attention_tc_backward(void *dqkv, const float *D, const void *
                                         const void *qkv, const float *lse, int B, int T, int C,
                                         int NH, cudaStream_t s)
 {
-    const TcShape a = tc_shape("k_attention_tc_backward", B, T, C, NH);
-    with_tc_head_size("k_attention_tc_backward", C / NH, [&](auto hs) {
+    with_tc_launch("k_attention_tc_backward", B, T, C, NH, [&](auto hs, const TcShape &a) {
         launch_tc_backward<decltype(hs)::value>(dqkv, D, dout, qkv, lse, a, s);
     });
 }
